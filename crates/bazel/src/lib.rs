@@ -1,0 +1,3 @@
+//! Running Bazel: query invocations, feature detection, and the identity of the binary.
+
+pub mod identity;
