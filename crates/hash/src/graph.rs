@@ -1,0 +1,826 @@
+//! Building the target graph from streamed targets and computing every digest (spec 4.1,
+//! 4.8, 4.9).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use bazel_diff_query::proto::{discriminator, Rule, Target};
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+use sha2::{Digest as _, Sha256};
+
+use crate::rule::{prepare_package_group, prepare_rule, PreparedRule};
+use crate::source::SourceHasher;
+use crate::{java_cmp, Digest, HashConfig, HashError};
+
+/// Targets per unit of work sent to the rayon pool while the query streams.
+const BATCH: usize = 512;
+
+/// The kinds of hashed targets (the `Type#` prefix of hash values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    Rule,
+    SourceFile,
+    GeneratedFile,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Rule => "Rule",
+            TargetKind::SourceFile => "SourceFile",
+            TargetKind::GeneratedFile => "GeneratedFile",
+        }
+    }
+}
+
+/// The hashes of one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedTarget {
+    pub label: String,
+    pub kind: TargetKind,
+    pub overall: Digest,
+    pub direct: Digest,
+    /// Dependency edges (only with `track_deps`; `None` for source files).
+    pub deps: Option<Vec<String>>,
+}
+
+struct HashedSource {
+    label: String,
+    raw: Digest,
+    subincludes: Vec<String>,
+}
+
+enum BatchResult {
+    Rules(Vec<PreparedRule>),
+    Sources(Vec<HashedSource>),
+    Failed(HashError),
+}
+
+/// Accepts targets as they are decoded and hashes them.
+pub struct GraphBuilder {
+    config: Arc<HashConfig>,
+    seen: FxHashSet<String>,
+    rules: Vec<Rule>,
+    package_groups: Vec<PreparedRule>,
+    sources: Vec<(String, Vec<String>)>,
+    generated: Vec<(String, String)>,
+    sender: Sender<BatchResult>,
+    receiver: Receiver<BatchResult>,
+    batches_sent: usize,
+    skipped: usize,
+}
+
+impl GraphBuilder {
+    pub fn new(config: Arc<HashConfig>) -> Self {
+        let (sender, receiver) = channel();
+        GraphBuilder {
+            config,
+            seen: FxHashSet::default(),
+            rules: Vec::new(),
+            package_groups: Vec::new(),
+            sources: Vec::new(),
+            generated: Vec::new(),
+            sender,
+            receiver,
+            batches_sent: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Adds one target; a label seen before is ignored (first occurrence wins, as upstream
+    /// de-duplicates cquery results).
+    pub fn add(&mut self, target: Target) {
+        let Some(label) = target.label() else {
+            self.skipped += 1;
+            return;
+        };
+        if !self.seen.insert(label.to_owned()) {
+            return;
+        }
+        match target.r#type {
+            discriminator::RULE => {
+                self.rules.extend(target.rule);
+                if self.rules.len() >= BATCH {
+                    self.flush_rules();
+                }
+            }
+            discriminator::SOURCE_FILE => {
+                let source = target.source_file.unwrap_or_default();
+                self.sources.push((source.name, source.subinclude));
+                if self.sources.len() >= BATCH {
+                    self.flush_sources();
+                }
+            }
+            discriminator::GENERATED_FILE => {
+                let generated = target.generated_file.unwrap_or_default();
+                self.generated
+                    .push((generated.name, generated.generating_rule));
+            }
+            discriminator::PACKAGE_GROUP => {
+                let group = target.package_group.unwrap_or_default();
+                self.package_groups
+                    .push(prepare_package_group(group, &self.config));
+            }
+            _ => self.skipped += 1,
+        }
+    }
+
+    fn flush_rules(&mut self) {
+        let rules = std::mem::take(&mut self.rules);
+        let (config, sender) = (self.config.clone(), self.sender.clone());
+        self.batches_sent += 1;
+        rayon::spawn(move || {
+            let prepared: Result<Vec<_>, _> = rules
+                .into_iter()
+                .map(|r| prepare_rule(r, &config))
+                .collect();
+            // The receiver outlives every batch (finish waits for all of them).
+            let _ = sender.send(prepared.map_or_else(BatchResult::Failed, BatchResult::Rules));
+        });
+    }
+
+    fn flush_sources(&mut self) {
+        let sources = std::mem::take(&mut self.sources);
+        let (config, sender) = (self.config.clone(), self.sender.clone());
+        self.batches_sent += 1;
+        rayon::spawn(move || {
+            let hasher = SourceHasher::new(&config);
+            let hashed: Result<Vec<_>, _> = sources
+                .into_iter()
+                .map(|(label, subincludes)| {
+                    let raw = hasher.raw_digest(&label, &subincludes)?;
+                    Ok(HashedSource {
+                        label,
+                        raw,
+                        subincludes,
+                    })
+                })
+                .collect();
+            let _ = sender.send(hashed.map_or_else(BatchResult::Failed, BatchResult::Sources));
+        });
+    }
+
+    /// Number of targets of kinds that are not hashed (environment groups, unknown kinds).
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Waits for the streamed work and computes every target's digests.
+    pub fn finish(mut self) -> Result<Vec<HashedTarget>, HashError> {
+        self.flush_rules();
+        self.flush_sources();
+        let mut rules = std::mem::take(&mut self.package_groups);
+        let mut sources = Vec::new();
+        let mut first_error = None;
+        for _ in 0..self.batches_sent {
+            // A batch that panicked drops its sender without sending; recv then fails once
+            // every other sender is gone, which cannot happen while `self.sender` lives, so
+            // rayon's panic propagation is what surfaces such a bug.
+            match self.receiver.recv() {
+                Ok(BatchResult::Rules(r)) => rules.extend(r),
+                Ok(BatchResult::Sources(s)) => sources.extend(s),
+                Ok(BatchResult::Failed(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        compute(&self.config, rules, sources, self.generated)
+    }
+}
+
+/// What a rule input label resolves to.
+#[derive(Clone, Copy)]
+enum Node {
+    Rule(u32),
+    Source(u32),
+}
+
+fn package_of(label: &str) -> &str {
+    label.rsplit_once(':').map_or(label, |(pkg, _)| pkg)
+}
+
+fn compute(
+    config: &HashConfig,
+    mut rules: Vec<PreparedRule>,
+    sources: Vec<HashedSource>,
+    generated: Vec<(String, String)>,
+) -> Result<Vec<HashedTarget>, HashError> {
+    // Deterministic rule order keeps cycle errors independent of scheduling.
+    rules.par_sort_unstable_by(|a, b| java_cmp(&a.label, &b.label));
+    add_visibility_edges(&mut rules);
+
+    let mut nodes: FxHashMap<&str, Node> = FxHashMap::default();
+    nodes.reserve(rules.len() + sources.len() + generated.len());
+    for (i, s) in sources.iter().enumerate() {
+        nodes.insert(&s.label, Node::Source(i as u32));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        nodes.insert(&r.label, Node::Rule(i as u32));
+    }
+    let mut generating = Vec::with_capacity(generated.len());
+    for (file, rule) in &generated {
+        match nodes.get(rule.as_str()) {
+            Some(Node::Rule(r)) => generating.push(*r),
+            _ => {
+                return Err(HashError::MissingGeneratingRule {
+                    file: file.clone(),
+                    rule: rule.clone(),
+                })
+            }
+        }
+    }
+    for ((file, _), rule) in generated.iter().zip(&generating) {
+        nodes.insert(file, Node::Rule(*rule));
+    }
+
+    let hasher = SourceHasher::new(config);
+    // Any instantiation stack switches the whole graph to per-rule `.bzl` seeds (spec 4.5).
+    let per_rule_seeds = rules.iter().any(|r| r.bzl_paths.is_some());
+    let soft = soft_digests(&hasher, &rules, &sources, &nodes, per_rule_seeds)?;
+    let package_seeds = if per_rule_seeds {
+        HashMap::new()
+    } else {
+        package_seeds(&sources, &soft)
+    };
+
+    // Direct digests need no other rule's result, so they are computed in parallel.
+    let direct: Vec<(Digest, Vec<(u32, u32)>)> = rules
+        .par_iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            direct_digest(
+                config,
+                &rule.attribute_digest,
+                index as u32,
+                rule,
+                &nodes,
+                &sources,
+                &soft,
+                per_rule_seeds,
+                &package_seeds,
+            )
+        })
+        .collect();
+    let overall = overall_digests(&rules, &direct)?;
+
+    let mut out = Vec::with_capacity(rules.len() + sources.len() + generated.len());
+    for (i, rule) in rules.iter().enumerate() {
+        let deps = config.track_deps.then(|| {
+            direct[i]
+                .1
+                .iter()
+                .map(|&(_, input)| label_of(&rule.inputs[input as usize]).to_owned())
+                .collect()
+        });
+        out.push(HashedTarget {
+            label: rule.label.clone(),
+            kind: TargetKind::Rule,
+            overall: overall[i],
+            direct: direct[i].0,
+            deps,
+        });
+    }
+    for ((file, rule_label), rule) in generated.into_iter().zip(generating) {
+        out.push(HashedTarget {
+            label: file,
+            kind: TargetKind::GeneratedFile,
+            overall: overall[rule as usize],
+            direct: direct[rule as usize].0,
+            deps: config.track_deps.then(|| vec![rule_label]),
+        });
+    }
+    for source in &sources {
+        let mut h = Sha256::new();
+        h.update(source.raw);
+        h.update(config.seed);
+        if let Some(seed) = package_seeds.get(package_of(&source.label)) {
+            h.update(seed);
+        }
+        let digest: Digest = h.finalize().into();
+        out.push(HashedTarget {
+            label: source.label.clone(),
+            kind: TargetKind::SourceFile,
+            overall: digest,
+            direct: digest,
+            deps: None,
+        });
+    }
+    Ok(out)
+}
+
+/// The label part of an encoded input (`label|configuration` in cquery mode).
+fn label_of(input: &str) -> &str {
+    input.split_once('|').map_or(input, |(label, _)| label)
+}
+
+/// A rule whose `visibility` names a package group depends on it.
+fn add_visibility_edges(rules: &mut [PreparedRule]) {
+    let groups: FxHashSet<String> = rules
+        .iter()
+        .filter(|r| r.is_package_group)
+        .map(|r| r.label.clone())
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    for rule in rules.iter_mut() {
+        let before = rule.inputs.len();
+        let visibility = std::mem::take(&mut rule.visibility);
+        rule.inputs.extend(
+            visibility
+                .into_iter()
+                .filter(|v| groups.contains(v) && *v != rule.label),
+        );
+        if rule.inputs.len() != before {
+            rule.inputs.sort_by(|a, b| java_cmp(a, b));
+            rule.inputs.dedup();
+        }
+    }
+}
+
+/// Soft digests of every label that may need one: `.bzl` files of instantiation stacks or
+/// BUILD-file subincludes, and rule inputs that resolve to no target (spec 4.4, 4.8 step 5).
+fn soft_digests(
+    hasher: &SourceHasher<'_>,
+    rules: &[PreparedRule],
+    sources: &[HashedSource],
+    nodes: &FxHashMap<&str, Node>,
+    per_rule_seeds: bool,
+) -> Result<FxHashMap<String, Digest>, HashError> {
+    let mut wanted: FxHashSet<String> = FxHashSet::default();
+    for rule in rules {
+        if per_rule_seeds {
+            for path in rule.bzl_paths.iter().flatten() {
+                wanted.insert(format!("//{path}"));
+            }
+        }
+        for input in &rule.inputs {
+            let label = label_of(input);
+            match nodes.get(label) {
+                Some(Node::Rule(_)) if label != rule.label => {}
+                Some(Node::Source(_)) => {}
+                _ => {
+                    wanted.insert(label.to_owned());
+                }
+            }
+        }
+    }
+    if !per_rule_seeds {
+        for source in sources {
+            wanted.extend(source.subincludes.iter().cloned());
+        }
+    }
+    let computed: Result<Vec<_>, _> = wanted
+        .into_par_iter()
+        .map(|label| Ok(hasher.soft_digest(&label)?.map(|d| (label, d))))
+        .collect();
+    Ok(computed?.into_iter().flatten().collect())
+}
+
+/// Package seeds (spec 4.5 fallback) from BUILD files' subincludes.
+fn package_seeds(
+    sources: &[HashedSource],
+    soft: &FxHashMap<String, Digest>,
+) -> HashMap<String, Digest> {
+    let mut by_package: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for source in sources.iter().filter(|s| !s.subincludes.is_empty()) {
+        by_package
+            .entry(package_of(&source.label))
+            .or_default()
+            .extend(source.subincludes.iter().map(String::as_str));
+    }
+    let mut seeds = HashMap::new();
+    for (package, mut labels) in by_package {
+        labels.sort_by(|a, b| java_cmp(a, b));
+        labels.dedup();
+        let kept: Vec<(&str, &Digest)> = labels
+            .into_iter()
+            .filter_map(|l| soft.get(l).map(|d| (l, d)))
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        let mut h = Sha256::new();
+        for (label, digest) in kept {
+            h.update(label.as_bytes());
+            h.update(digest);
+        }
+        seeds.insert(package.to_owned(), h.finalize().into());
+    }
+    seeds
+}
+
+/// `ruleBzlSeed` (spec 4.5): always 32 bytes for a non-empty stack.
+fn rule_bzl_seed(paths: &[String], soft: &FxHashMap<String, Digest>) -> Digest {
+    let mut h = Sha256::new();
+    for path in paths {
+        if let Some(digest) = soft.get(&format!("//{path}")) {
+            h.update(path.as_bytes());
+            h.update(digest);
+        }
+    }
+    h.finalize().into()
+}
+
+/// The direct digest of a rule and the rules its inputs resolve to, as
+/// `(rule index, input position)` in input order.
+#[allow(clippy::too_many_arguments)]
+fn direct_digest(
+    config: &HashConfig,
+    attribute_digest: &[u8],
+    index: u32,
+    rule: &PreparedRule,
+    nodes: &FxHashMap<&str, Node>,
+    sources: &[HashedSource],
+    soft: &FxHashMap<String, Digest>,
+    per_rule_seeds: bool,
+    package_seeds: &HashMap<String, Digest>,
+) -> (Digest, Vec<(u32, u32)>) {
+    let mut h = Sha256::new();
+    h.update(attribute_digest);
+    h.update(config.seed);
+    match &rule.bzl_paths {
+        Some(paths) if per_rule_seeds => h.update(rule_bzl_seed(paths, soft)),
+        _ => {
+            if let Some(seed) = package_seeds.get(package_of(&rule.label)) {
+                h.update(seed);
+            }
+        }
+    }
+    if rule.always_affected {
+        h.update(config.salt.as_bytes());
+    }
+    let mut deps = Vec::new();
+    for (position, input) in rule.inputs.iter().enumerate() {
+        h.update(input.as_bytes());
+        let label = label_of(input);
+        match nodes.get(label) {
+            Some(Node::Source(s)) => h.update(sources[*s as usize].raw),
+            Some(Node::Rule(r)) if *r != index => deps.push((*r, position as u32)),
+            _ => {
+                if let Some(digest) = soft.get(label) {
+                    h.update(digest);
+                } else {
+                    tracing::debug!(
+                        "Unable to calculate digest for input {label} of {}",
+                        rule.label
+                    );
+                }
+            }
+        }
+    }
+    (h.finalize().into(), deps)
+}
+
+/// Overall digests in dependency order, iteratively (chains can be thousands deep).
+fn overall_digests(
+    rules: &[PreparedRule],
+    direct: &[(Digest, Vec<(u32, u32)>)],
+) -> Result<Vec<Digest>, HashError> {
+    const UNVISITED: u8 = 0;
+    const ON_STACK: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state = vec![UNVISITED; rules.len()];
+    let mut overall = vec![[0u8; 32]; rules.len()];
+    let mut stack: Vec<(u32, usize)> = Vec::new();
+    for root in 0..rules.len() as u32 {
+        if state[root as usize] != UNVISITED {
+            continue;
+        }
+        stack.push((root, 0));
+        state[root as usize] = ON_STACK;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let deps = &direct[node as usize].1;
+            if let Some(&(dep, _)) = deps.get(*next) {
+                *next += 1;
+                match state[dep as usize] {
+                    DONE => {}
+                    ON_STACK => return Err(cycle_error(rules, &stack, dep)),
+                    _ => {
+                        state[dep as usize] = ON_STACK;
+                        stack.push((dep, 0));
+                    }
+                }
+                continue;
+            }
+            let mut h = Sha256::new();
+            for &(dep, _) in deps {
+                h.update(overall[dep as usize]);
+            }
+            h.update(direct[node as usize].0);
+            overall[node as usize] = h.finalize().into();
+            state[node as usize] = DONE;
+            stack.pop();
+        }
+    }
+    Ok(overall)
+}
+
+fn cycle_error(rules: &[PreparedRule], stack: &[(u32, usize)], back_to: u32) -> HashError {
+    let start = stack.iter().position(|&(n, _)| n == back_to).unwrap_or(0);
+    let mut path: Vec<String> = stack[start..]
+        .iter()
+        .map(|&(n, _)| rules[n as usize].label.clone())
+        .collect();
+    path.push(rules[back_to as usize].label.clone());
+    HashError::Cycle(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::to_hex;
+    use bazel_diff_query::proto::{GeneratedFile, PackageGroup, SourceFile};
+
+    fn prepared(label: &str, inputs: &[&str]) -> PreparedRule {
+        PreparedRule {
+            label: label.into(),
+            attribute_digest: [0; 32],
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            bzl_paths: None,
+            always_affected: false,
+            visibility: Vec::new(),
+            is_package_group: false,
+        }
+    }
+
+    /// Upstream's `BuildGraphHasherTest` replaces `ruleDigest` with ASCII bytes.
+    fn vector_hashes(
+        config: &HashConfig,
+        rules: &[(&str, &str, &[&str])],
+    ) -> Vec<(String, String)> {
+        let prepared: Vec<_> = rules.iter().map(|(l, _, i)| prepared(l, i)).collect();
+        let mut nodes = FxHashMap::default();
+        for (i, r) in prepared.iter().enumerate() {
+            nodes.insert(r.label.as_str(), Node::Rule(i as u32));
+        }
+        let soft = FxHashMap::default();
+        let direct: Vec<_> = prepared
+            .iter()
+            .zip(rules)
+            .enumerate()
+            .map(|(i, (r, (_, attr, _)))| {
+                direct_digest(
+                    config,
+                    attr.as_bytes(),
+                    i as u32,
+                    r,
+                    &nodes,
+                    &[],
+                    &soft,
+                    false,
+                    &HashMap::new(),
+                )
+            })
+            .collect();
+        let overall = overall_digests(&prepared, &direct).unwrap();
+        direct
+            .iter()
+            .zip(overall)
+            .map(|(d, o)| (to_hex(&d.0), to_hex(&o)))
+            .collect()
+    }
+
+    #[test]
+    fn upstream_test_vectors() {
+        let config = HashConfig::new("/ws");
+        let got = vector_hashes(
+            &config,
+            &[
+                ("rule1", "rule1Digest", &[]),
+                ("rule2", "rule2Digest", &[]),
+                ("rule3", "digest", &["rule1"]),
+            ],
+        );
+        assert_eq!(
+            got[0].0,
+            "e34f24077b917a720bc1ce4b1383c7df3c01ff26e492dea43d45780871b30382"
+        );
+        assert_eq!(
+            got[0].1,
+            "443e5e8ca6f5f1afdebfb8650a1fc37ad10964fca5a270ef97b37ea2425c57ee"
+        );
+        assert_eq!(
+            got[1].0,
+            "9cfe592887d063932fa455fe985e96d8ec07079bc20fc2a955e8e8d520c59282"
+        );
+        assert_eq!(
+            got[1].1,
+            "72697540fd5f7d4fd23832a046915630cb2658f8cd0e67bc9c98353131bebfbc"
+        );
+        assert_eq!(
+            got[2].0,
+            "a572cd448866842478ead3689e13849a6069e07e50c79dc9b2be0bd282812eba"
+        );
+        assert_eq!(
+            got[2].1,
+            "504431ed5d613c0a165e0be7f492d82f03b9f48cc58fc284303967fc1946f9f5"
+        );
+    }
+
+    #[test]
+    fn upstream_test_vector_with_seed_file() {
+        let mut config = HashConfig::new("/ws");
+        config.seed = Sha256::digest(b"somecontent").into();
+        let got = vector_hashes(&config, &[("rule1", "rule1Digest", &[])]);
+        assert_eq!(
+            got[0].0,
+            "0404d80eadcc2dbfe9f0d7935086e1115344a06bd76d4e16af0dfd7b4913ee60"
+        );
+        assert_eq!(
+            got[0].1,
+            "ddf7345122667dda1bbbdc813a6d029795b243e729bcfdcd520cde12cac877f1"
+        );
+    }
+
+    #[test]
+    fn cycle_is_reported_with_its_path() {
+        let rules = vec![
+            prepared("rule1", &[]),
+            prepared("rule3", &["rule4"]),
+            prepared("rule4", &["rule3"]),
+        ];
+        let direct = vec![
+            ([0; 32], vec![]),
+            ([0; 32], vec![(2, 0)]),
+            ([0; 32], vec![(1, 0)]),
+        ];
+        let err = overall_digests(&rules, &direct).unwrap_err().to_string();
+        assert!(err.contains("rule3 -> rule4 -> rule3"), "{err}");
+    }
+
+    #[test]
+    fn deep_chain_does_not_overflow_the_stack() {
+        let n = 200_000u32;
+        let rules: Vec<_> = (0..n).map(|i| prepared(&format!("r{i}"), &[])).collect();
+        let direct: Vec<_> = (0..n)
+            .map(|i| ([0u8; 32], if i + 1 < n { vec![(i + 1, 0)] } else { vec![] }))
+            .collect();
+        assert_eq!(overall_digests(&rules, &direct).unwrap().len(), n as usize);
+    }
+
+    fn rule_target(name: &str, inputs: &[&str], outputs: &[&str], visibility: &[&str]) -> Target {
+        use bazel_diff_query::proto::AttributeHead;
+        use prost::Message;
+        let mut attribute = vec![bytes::Bytes::from(
+            AttributeHead {
+                name: "name".into(),
+                r#type: 2,
+                string_list_value: vec![],
+            }
+            .encode_to_vec(),
+        )];
+        if !visibility.is_empty() {
+            attribute.push(bytes::Bytes::from(
+                AttributeHead {
+                    name: "visibility".into(),
+                    r#type: 5,
+                    string_list_value: visibility.iter().map(|s| s.to_string()).collect(),
+                }
+                .encode_to_vec(),
+            ));
+        }
+        let _ = outputs;
+        Target {
+            r#type: discriminator::RULE,
+            rule: Some(Rule {
+                name: name.into(),
+                rule_class: "genrule".into(),
+                attribute,
+                rule_input: inputs.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn source_target(name: &str) -> Target {
+        Target {
+            r#type: discriminator::SOURCE_FILE,
+            source_file: Some(SourceFile {
+                name: name.into(),
+                subinclude: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn generated_target(name: &str, rule: &str) -> Target {
+        Target {
+            r#type: discriminator::GENERATED_FILE,
+            generated_file: Some(GeneratedFile {
+                name: name.into(),
+                generating_rule: rule.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn hash_all(
+        config: HashConfig,
+        targets: Vec<Target>,
+    ) -> Result<BTreeMap<String, HashedTarget>, HashError> {
+        let mut builder = GraphBuilder::new(Arc::new(config));
+        for t in targets {
+            builder.add(t);
+        }
+        Ok(builder
+            .finish()?
+            .into_iter()
+            .map(|t| (t.label.clone(), t))
+            .collect())
+    }
+
+    fn graph(ws: &std::path::Path, pg_packages: &[&str]) -> BTreeMap<String, HashedTarget> {
+        let mut config = HashConfig::new(ws);
+        config.track_deps = true;
+        hash_all(
+            config,
+            vec![
+                source_target("//a:in.txt"),
+                rule_target("//a:gen", &["//a:in.txt"], &["//a:out"], &[]),
+                generated_target("//a:out", "//a:gen"),
+                rule_target("//b:use", &["//a:out", "//b:use"], &[], &["//b:pg"]),
+                Target {
+                    r#type: discriminator::PACKAGE_GROUP,
+                    package_group: Some(PackageGroup {
+                        name: "//b:pg".into(),
+                        contained_package: pg_packages.iter().map(|s| s.to_string()).collect(),
+                        included_package_group: vec![],
+                    }),
+                    ..Default::default()
+                },
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn generated_files_share_their_rule_hashes_and_deps_are_tracked() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ws.path().join("a")).unwrap();
+        std::fs::write(ws.path().join("a/in.txt"), "x").unwrap();
+        let g = graph(ws.path(), &["b/..."]);
+        let (gen, out, used) = (&g["//a:gen"], &g["//a:out"], &g["//b:use"]);
+        assert_eq!((gen.overall, gen.direct), (out.overall, out.direct));
+        assert_eq!(out.kind, TargetKind::GeneratedFile);
+        assert_eq!(out.deps.as_deref(), Some(&["//a:gen".to_owned()][..]));
+        // The self-input is not a dep; the package group named in visibility is.
+        assert_eq!(
+            used.deps.as_deref(),
+            Some(&["//a:out".to_owned(), "//b:pg".to_owned()][..])
+        );
+        assert_eq!(g["//a:in.txt"].deps, None);
+
+        std::fs::write(ws.path().join("a/in.txt"), "y").unwrap();
+        let changed = graph(ws.path(), &["b/..."]);
+        assert_ne!(changed["//a:gen"].direct, gen.direct);
+        assert_eq!(
+            changed["//b:use"].direct, used.direct,
+            "source content reaches only direct consumers' direct hash"
+        );
+        assert_ne!(changed["//b:use"].overall, used.overall);
+    }
+
+    #[test]
+    fn package_group_change_impacts_rules_that_name_it() {
+        let ws = tempfile::tempdir().unwrap();
+        let before = graph(ws.path(), &["b/..."]);
+        let after = graph(ws.path(), &["b/...", "c/..."]);
+        assert_ne!(before["//b:pg"].overall, after["//b:pg"].overall);
+        assert_ne!(before["//b:use"].overall, after["//b:use"].overall);
+        assert_eq!(before["//a:gen"].overall, after["//a:gen"].overall);
+    }
+
+    #[test]
+    fn missing_generating_rule_fails() {
+        let err = hash_all(
+            HashConfig::new("/ws"),
+            vec![generated_target("//a:out", "//a:gone")],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, HashError::MissingGeneratingRule { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_labels_first_wins_and_batches_cover_everything() {
+        let mut targets: Vec<Target> = (0..2000)
+            .map(|i| source_target(&format!("//p:f{i}")))
+            .collect();
+        targets.extend(
+            (0..1500).map(|i| rule_target(&format!("//p:r{i}"), &[&format!("//p:f{i}")], &[], &[])),
+        );
+        targets.push(source_target("//p:f1"));
+        let g = hash_all(HashConfig::new("/nonexistent"), targets).unwrap();
+        assert_eq!(g.len(), 3500);
+    }
+}

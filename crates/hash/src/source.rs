@@ -1,0 +1,277 @@
+//! Digests of source files (spec 4.3 and 4.4).
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::{Digest, HashConfig, HashError, EMPTY_DIGEST};
+
+const MAIN_REPO_PREFIXES: [&str; 3] = ["@@//", "@//", "//"];
+
+/// `0x01` when the owner-execute bit is set (git's 644/755 model), else `0x00`.
+pub fn exec_byte(meta: &std::fs::Metadata) -> u8 {
+    u8::from(meta.permissions().mode() & 0o100 != 0)
+}
+
+/// The workspace-relative part of a main-repo label, or `None` for other labels.
+fn main_repo_rest(label: &str) -> Option<&str> {
+    MAIN_REPO_PREFIXES
+        .iter()
+        .find_map(|prefix| label.strip_prefix(prefix))
+}
+
+/// Where a source label's file lives and under which key `--contentHashPath` names it.
+pub enum FileLocation {
+    /// A file to read: `(path, content-hash lookup key)`.
+    File { path: PathBuf, key: String },
+    /// Upstream hashes nothing at all for this label: the digest is `H("")`.
+    Nothing,
+}
+
+/// Resolves a source label to its file (spec 4.3 step 1).
+pub fn file_digest_key(config: &HashConfig, label: &str) -> FileLocation {
+    if let Some(rest) = main_repo_rest(label) {
+        let rel = rest.strip_prefix(':').unwrap_or(rest).replace(':', "/");
+        return FileLocation::File {
+            path: string_join(&config.workspace, &rel),
+            key: rel,
+        };
+    }
+    let Some(stripped) = label.strip_prefix('@') else {
+        return FileLocation::Nothing;
+    };
+    let stripped = stripped.trim_start_matches('@');
+    // Java's `split("//")` drops trailing empty parts; anything but two parts is invalid.
+    let mut parts: Vec<&str> = stripped.split("//").collect();
+    while parts.last() == Some(&"") {
+        parts.pop();
+    }
+    let [repo, rest] = parts[..] else {
+        tracing::info!("Invalid source label {label}");
+        return FileLocation::Nothing;
+    };
+    let fine_grained = config
+        .fine_grained_repos
+        .iter()
+        .any(|r| r.trim_start_matches('@') == repo);
+    let Some(roots) = config.repo_roots.as_ref().filter(|_| fine_grained) else {
+        return FileLocation::Nothing;
+    };
+    let rel = rest.strip_prefix(':').unwrap_or(rest).replace(':', "/");
+    FileLocation::File {
+        path: roots.root(repo).join(&rel),
+        key: format!("external/{repo}/{rel}"),
+    }
+}
+
+/// Joins as strings, never letting an absolute `rel` replace the base (spec 4.4 NOTE).
+fn string_join(base: &Path, rel: &str) -> PathBuf {
+    let mut joined = base.as_os_str().to_owned();
+    joined.push("/");
+    joined.push(rel);
+    PathBuf::from(joined)
+}
+
+/// Computes raw and soft source digests for one configuration.
+pub struct SourceHasher<'a> {
+    config: &'a HashConfig,
+}
+
+impl<'a> SourceHasher<'a> {
+    pub fn new(config: &'a HashConfig) -> Self {
+        SourceHasher { config }
+    }
+
+    /// Raw digest of a SourceFile target (spec 4.3): `subincludes` are the `.bzl` labels a
+    /// BUILD file loads.
+    pub fn raw_digest(&self, label: &str, subincludes: &[String]) -> Result<Digest, HashError> {
+        let mut seed = Sha256::new();
+        seed.update(label.as_bytes());
+        for s in subincludes {
+            seed.update(s.as_bytes());
+        }
+        let file_seed: Digest = seed.finalize().into();
+        match file_digest_key(self.config, label) {
+            FileLocation::Nothing => Ok(EMPTY_DIGEST),
+            FileLocation::File { path, key } => {
+                self.digest_file(label, &path, &key, Some(&file_seed))
+            }
+        }
+    }
+
+    /// Soft digest (spec 4.4): only for main-repo labels whose file exists as a regular file.
+    pub fn soft_digest(&self, label: &str) -> Result<Option<Digest>, HashError> {
+        let Some(rest) = main_repo_rest(label) else {
+            return Ok(None);
+        };
+        let rel = rest.replacen(':', "/", 1);
+        match std::fs::metadata(string_join(&self.config.workspace, &rel)) {
+            Ok(meta) if meta.is_file() => {}
+            _ => return Ok(None),
+        }
+        match file_digest_key(self.config, label) {
+            FileLocation::File { path, key } => {
+                self.digest_file(label, &path, &key, None).map(Some)
+            }
+            FileLocation::Nothing => Ok(None),
+        }
+    }
+
+    fn digest_file(
+        &self,
+        label: &str,
+        path: &Path,
+        key: &str,
+        file_seed: Option<&Digest>,
+    ) -> Result<Digest, HashError> {
+        let read_error = |source| HashError::SourceRead {
+            label: label.to_owned(),
+            path: path.to_owned(),
+            source,
+        };
+        let mut hasher = Sha256::new();
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => Some(meta),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => None,
+            Err(e) => return Err(read_error(e)),
+        };
+        if let Some(content_hash) = self.config.content_hashes.get(key) {
+            hasher.update(content_hash.as_bytes());
+            hasher.update([1, meta.as_ref().map_or(0, exec_byte)]);
+        } else if let Some(meta) = &meta {
+            if meta.is_file() {
+                let wanted = self.config.modified_files.is_empty()
+                    || self.config.modified_files.contains(path);
+                if wanted {
+                    hash_contents(&mut hasher, path).map_err(read_error)?;
+                }
+                hasher.update([1, exec_byte(meta)]);
+            }
+        } else {
+            tracing::warn!("File {} not found", path.display());
+            hasher.update([0]);
+        }
+        if let Some(seed) = file_seed {
+            hasher.update(seed);
+        }
+        hasher.update(label.as_bytes());
+        Ok(hasher.finalize().into())
+    }
+}
+
+fn hash_contents(hasher: &mut Sha256, path: &Path) -> std::io::Result<()> {
+    let mut file = File::open(path)?;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::to_hex;
+
+    fn workspace_with(files: &[(&str, &str, u32)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, content, mode) in files {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn spec_vector_source_file() {
+        let ws = workspace_with(&[("pkg/a.txt", "hello\n", 0o644)]);
+        let config = HashConfig::new(ws.path());
+        let raw = SourceHasher::new(&config)
+            .raw_digest("//pkg:a.txt", &[])
+            .unwrap();
+        assert_eq!(
+            to_hex(&raw),
+            "c8926307ec327a6ea94f1cb79078d5bc67d9a6058b8868fcbaa0c373eb12f80e"
+        );
+        let mut h = Sha256::new();
+        h.update(raw);
+        h.update(EMPTY_DIGEST);
+        assert_eq!(
+            hex::encode(h.finalize()),
+            "bbcda89f5986d5c32f3b5662b262419254fbb3b11b9aaaaf2f2492b130c90501"
+        );
+    }
+
+    #[test]
+    fn spec_vector_missing_file() {
+        let ws = workspace_with(&[]);
+        let config = HashConfig::new(ws.path());
+        let raw = SourceHasher::new(&config)
+            .raw_digest("//pkg:a.txt", &[])
+            .unwrap();
+        assert_eq!(
+            to_hex(&raw),
+            "16d462906fa5a7329da309ffa098b9b78b004464724cbfb1a610af7644dfbf35"
+        );
+    }
+
+    #[test]
+    fn exec_bit_and_content_hash_override() {
+        let ws = workspace_with(&[("a.sh", "x", 0o755), ("b.sh", "x", 0o644)]);
+        let mut config = HashConfig::new(ws.path());
+        let hasher = SourceHasher::new(&config);
+        let a = hasher.raw_digest("//:a.sh", &[]).unwrap();
+        let b = hasher.raw_digest("//:a.sh", &[]).unwrap();
+        assert_eq!(a, b);
+        let b_plain = hasher.raw_digest("//:b.sh", &[]).unwrap();
+        assert_ne!(a, b_plain);
+        config.content_hashes.insert("a.sh".into(), "abc".into());
+        let overridden = SourceHasher::new(&config)
+            .raw_digest("//:a.sh", &[])
+            .unwrap();
+        assert_ne!(a, overridden);
+    }
+
+    #[test]
+    fn external_labels_outside_fine_grained_set_hash_to_empty() {
+        let config = HashConfig::new("/nonexistent");
+        let hasher = SourceHasher::new(&config);
+        for label in ["@maven//:a.jar", "@@repo+//x:y", "@bad", "weird"] {
+            assert_eq!(
+                hasher.raw_digest(label, &[]).unwrap(),
+                EMPTY_DIGEST,
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn soft_digest_only_for_existing_main_repo_files() {
+        let ws = workspace_with(&[("tools/defs.bzl", "def f(): pass\n", 0o644)]);
+        let config = HashConfig::new(ws.path());
+        let hasher = SourceHasher::new(&config);
+        assert!(hasher.soft_digest("//tools/defs.bzl").unwrap().is_some());
+        assert!(hasher.soft_digest("//tools:defs.bzl").unwrap().is_some());
+        assert!(hasher.soft_digest("//tools/missing.bzl").unwrap().is_none());
+        assert!(
+            hasher.soft_digest("//tools").unwrap().is_none(),
+            "directory"
+        );
+        assert!(hasher.soft_digest("@x//tools:defs.bzl").unwrap().is_none());
+        // An absolute path from an instantiation stack must not escape the workspace.
+        let abs = ws.path().join("tools/defs.bzl");
+        assert!(hasher
+            .soft_digest(&format!("//{}", abs.display()))
+            .unwrap()
+            .is_none());
+    }
+}
