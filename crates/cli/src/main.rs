@@ -1,3 +1,57 @@
-fn main() {
-    println!("Hello, world!");
+//! `bazel-diff`: a thin command line over the hashing, diffing and fingerprint libraries.
+
+mod args;
+mod exit;
+mod features;
+mod fingerprint;
+mod generate;
+mod impacted;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{normalize_args, Cli, Command};
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "error",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAZEL_DIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; everything else is a usage error (2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+        }
+    };
+    init_logging(cli.verbose);
+    let result = match &cli.command {
+        Command::GenerateHashes(args) => generate::run(args),
+        Command::GetImpactedTargets(args) => impacted::run(args),
+        Command::Fingerprint(args) => fingerprint::run(args),
+        Command::Warmup(args) => fingerprint::warmup(args),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::SUCCESS as u8),
+        Err(error) => {
+            eprintln!("[Error] {error:#}");
+            ExitCode::from(exit::code_for(&error) as u8)
+        }
+    }
 }

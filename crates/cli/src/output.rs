@@ -1,0 +1,49 @@
+//! Publishing generate-hashes results in upstream's formats (spec 5.1, 5.2).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bazel_diff_format::{write_dep_edges, DepEdges, HashFile, Output, TargetHash, TypeTag};
+use bazel_diff_hash::{to_hex, HashedTarget};
+
+use crate::generate::GenerateSettings;
+
+/// Writes `bytes` to the file (atomically) or to stdout for `None`/`-`.
+pub fn write_bytes(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
+    let mut out = Output::from_arg(path)?;
+    out.write_all(bytes).context("writing output")?;
+    out.commit()?;
+    Ok(())
+}
+
+/// Writes the hashes file, then the dep-edges file when `-d` was given.
+pub fn write_hashes(
+    settings: &GenerateSettings,
+    hashed: &[HashedTarget],
+    path: Option<&Path>,
+) -> Result<()> {
+    let include_type = settings.flags.include_target_type;
+    let mut file = HashFile::default();
+    for target in hashed {
+        let tag = include_type
+            .then(|| TypeTag::from_name(target.kind.as_str()))
+            .flatten();
+        let value = TargetHash::new(tag, &to_hex(&target.overall), &to_hex(&target.direct))
+            .with_context(|| format!("hash value of {}", target.label))?;
+        file.hashes.insert(&target.label, value);
+    }
+    let mut out = Output::from_arg(path)?;
+    file.write(&mut out).context("writing the hashes file")?;
+    out.commit()?;
+    if let Some(edges_path) = &settings.dep_edges_file {
+        let edges: DepEdges = hashed
+            .iter()
+            .filter_map(|t| t.deps.clone().map(|deps| (t.label.clone(), deps)))
+            .collect();
+        let mut out = Output::from_arg(Some(edges_path))?;
+        write_dep_edges(&mut out, &edges).context("writing the dep-edges file")?;
+        out.commit()?;
+    }
+    Ok(())
+}
