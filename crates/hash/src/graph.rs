@@ -190,6 +190,7 @@ impl GraphBuilder {
         if let Some(e) = first_error {
             return Err(e);
         }
+        tracing::debug!("streamed work drained");
         compute(&self.config, rules, sources, self.generated)
     }
 }
@@ -214,6 +215,7 @@ fn compute(
     // Deterministic rule order keeps cycle errors independent of scheduling.
     rules.par_sort_unstable_by(|a, b| java_cmp(&a.label, &b.label));
     add_visibility_edges(&mut rules);
+    tracing::debug!("rules sorted");
 
     let mut nodes: FxHashMap<&str, Node> = FxHashMap::default();
     nodes.reserve(rules.len() + sources.len() + generated.len());
@@ -243,6 +245,7 @@ fn compute(
     // Any instantiation stack switches the whole graph to per-rule `.bzl` seeds (spec 4.5).
     let per_rule_seeds = rules.iter().any(|r| r.bzl_paths.is_some());
     let soft = soft_digests(&hasher, &rules, &sources, &nodes, per_rule_seeds)?;
+    tracing::debug!("soft digests done");
     let package_seeds = if per_rule_seeds {
         HashMap::new()
     } else {
@@ -267,35 +270,38 @@ fn compute(
             )
         })
         .collect();
+    tracing::debug!("direct digests done");
     let overall = overall_digests(&rules, &direct)?;
+    tracing::debug!("overall digests done");
 
-    let mut out = Vec::with_capacity(rules.len() + sources.len() + generated.len());
-    for (i, rule) in rules.iter().enumerate() {
-        let deps = config.track_deps.then(|| {
-            direct[i]
-                .1
-                .iter()
-                .map(|&(_, input)| label_of(&rule.inputs[input as usize]).to_owned())
-                .collect()
-        });
-        out.push(HashedTarget {
-            label: rule.label.clone(),
+    let track_deps = config.track_deps;
+    let rule_hashes: Vec<HashedTarget> = rules
+        .into_par_iter()
+        .zip(direct.par_iter())
+        .zip(overall.par_iter())
+        .map(|((rule, (direct, deps)), overall)| HashedTarget {
+            deps: track_deps.then(|| {
+                deps.iter()
+                    .map(|&(_, input)| label_of(&rule.inputs[input as usize]).to_owned())
+                    .collect()
+            }),
+            label: rule.label,
             kind: TargetKind::Rule,
-            overall: overall[i],
-            direct: direct[i].0,
-            deps,
-        });
-    }
-    for ((file, rule_label), rule) in generated.into_iter().zip(generating) {
-        out.push(HashedTarget {
+            overall: *overall,
+            direct: *direct,
+        })
+        .collect();
+    let generated_hashes = generated
+        .into_par_iter()
+        .zip(generating.into_par_iter())
+        .map(|((file, rule_label), rule)| HashedTarget {
             label: file,
             kind: TargetKind::GeneratedFile,
             overall: overall[rule as usize],
             direct: direct[rule as usize].0,
-            deps: config.track_deps.then(|| vec![rule_label]),
+            deps: track_deps.then(|| vec![rule_label]),
         });
-    }
-    for source in &sources {
+    let source_hashes = sources.into_par_iter().map(|source| {
         let mut h = Sha256::new();
         h.update(source.raw);
         h.update(config.seed);
@@ -303,14 +309,18 @@ fn compute(
             h.update(seed);
         }
         let digest: Digest = h.finalize().into();
-        out.push(HashedTarget {
-            label: source.label.clone(),
+        HashedTarget {
+            label: source.label,
             kind: TargetKind::SourceFile,
             overall: digest,
             direct: digest,
             deps: None,
-        });
-    }
+        }
+    });
+    let mut out = rule_hashes;
+    out.par_extend(generated_hashes);
+    out.par_extend(source_hashes);
+    out.par_sort_unstable_by(|a, b| a.label.cmp(&b.label));
     Ok(out)
 }
 
@@ -353,12 +363,11 @@ fn soft_digests(
     nodes: &FxHashMap<&str, Node>,
     per_rule_seeds: bool,
 ) -> Result<FxHashMap<String, Digest>, HashError> {
-    let mut wanted: FxHashSet<String> = FxHashSet::default();
+    let mut bzl_files: FxHashSet<&str> = FxHashSet::default();
+    let mut wanted: FxHashSet<&str> = FxHashSet::default();
     for rule in rules {
         if per_rule_seeds {
-            for path in rule.bzl_paths.iter().flatten() {
-                wanted.insert(format!("//{path}"));
-            }
+            bzl_files.extend(rule.bzl_paths.iter().flatten().map(String::as_str));
         }
         for input in &rule.inputs {
             let label = label_of(input);
@@ -366,16 +375,21 @@ fn soft_digests(
                 Some(Node::Rule(_)) if label != rule.label => {}
                 Some(Node::Source(_)) => {}
                 _ => {
-                    wanted.insert(label.to_owned());
+                    wanted.insert(label);
                 }
             }
         }
     }
     if !per_rule_seeds {
         for source in sources {
-            wanted.extend(source.subincludes.iter().cloned());
+            wanted.extend(source.subincludes.iter().map(String::as_str));
         }
     }
+    let wanted: Vec<String> = wanted
+        .into_iter()
+        .map(str::to_owned)
+        .chain(bzl_files.into_iter().map(|path| format!("//{path}")))
+        .collect();
     let computed: Result<Vec<_>, _> = wanted
         .into_par_iter()
         .map(|label| Ok(hasher.soft_digest(&label)?.map(|d| (label, d))))

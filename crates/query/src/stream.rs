@@ -304,7 +304,10 @@ mod tests {
         }
         buf.truncate(buf.len() - 3);
         let err = collect(&buf, Framing::StreamedTargets).unwrap_err();
-        assert!(matches!(err, QueryDecodeError::Truncated { index: 2, .. }), "{err}");
+        assert!(
+            matches!(err, QueryDecodeError::Truncated { index: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]
