@@ -23,6 +23,14 @@ pub enum BenchError {
     InvalidConfig(String),
     #[error("{dir} does not look like a generated bench workspace: {reason}")]
     NotAWorkspace { dir: PathBuf, reason: String },
+    #[error("{0}")]
+    Measure(String),
+}
+
+impl BenchError {
+    pub fn msg(text: impl Into<String>) -> Self {
+        BenchError::Measure(text.into())
+    }
 }
 
 pub type Result<T, E = BenchError> = std::result::Result<T, E>;

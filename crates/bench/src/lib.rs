@@ -5,6 +5,8 @@
 pub mod error;
 pub mod gen;
 pub mod git;
+pub mod hashing;
+pub mod measure;
 pub mod mutate;
 pub mod repo;
 pub mod rng;

@@ -29,6 +29,31 @@ struct Cli {
 enum Command {
     /// Generate a layered genrule workspace (WORKSPACE mode, builds offline); prints a JSON summary.
     Gen(GenArgs),
+    /// Measure generate-hashes against the bare query it runs on one warm server, its peak
+    /// RSS, and get-impacted-targets, at each size; prints a table and JSON.
+    Hashing(HashingArgs),
+}
+
+#[derive(Args)]
+struct HashingArgs {
+    /// Workspace sizes (approximate target counts), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "15000,150000")]
+    sizes: Vec<usize>,
+    /// Measured runs per size (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Scratch directory for workspaces, output bases and results (large: ~2 GB at 150k).
+    #[arg(long, default_value = "/tmp/bazel-diff-bench")]
+    work_dir: PathBuf,
+    /// Bazel binary.
+    #[arg(long, default_value = "bazel")]
+    bazel: PathBuf,
+    /// bazel-diff binary (build it with `cargo build --release -p bazel-diff`).
+    #[arg(long, default_value = "target/release/bazel-diff")]
+    bazel_diff: PathBuf,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -87,6 +112,7 @@ struct GenArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Gen(args) => cmd_gen(args),
+        Command::Hashing(args) => cmd_hashing(args),
     }
 }
 
@@ -152,5 +178,44 @@ fn cmd_gen(a: GenArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report)?;
     writeln!(out)?;
+    Ok(())
+}
+
+fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
+    let absolute = |p: PathBuf| -> anyhow::Result<PathBuf> {
+        Ok(if p.components().count() > 1 && p.is_relative() {
+            std::env::current_dir()?.join(p)
+        } else {
+            p
+        })
+    };
+    let bench = bazel_diff_bench::hashing::HashingBench {
+        sizes: a.sizes,
+        runs: a.runs.max(1),
+        work_dir: absolute(a.work_dir)?,
+        bazel: a.bazel,
+        bazel_diff: absolute(a.bazel_diff)?,
+    };
+    let reports = bench.run_all(|msg| eprintln!("[bench] {msg}"))?;
+    println!(
+        "{:>8} {:>12} {:>15} {:>8} {:>12} {:>18} {:>9}",
+        "targets", "bare query", "generate-hashes", "ratio", "max RSS", "get-impacted", "impacted"
+    );
+    for r in &reports {
+        println!(
+            "{:>8} {:>11.3}s {:>14.3}s {:>8.3} {:>8.1} MiB {:>17.3}s {:>9}",
+            r.targets,
+            r.bare_query_s,
+            r.generate_hashes_s,
+            r.ratio,
+            r.generate_hashes_max_rss_mib,
+            r.get_impacted_targets_s,
+            r.impacted_targets
+        );
+    }
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
