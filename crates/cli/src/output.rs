@@ -4,18 +4,11 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use bazel_diff_format::{write_dep_edges, DepEdges, HashFile, Output, TargetHash, TypeTag};
+use bazel_diff_format::{write_dep_edges, write_hash_entries, DepEdges, HashEntry, Output};
 use bazel_diff_hash::HashedTarget;
 use rayon::prelude::*;
 
 use crate::generate::GenerateSettings;
-
-/// Lowercase hex of a digest, without allocating.
-fn hex_str<'a>(digest: &[u8; 32], buf: &'a mut [u8; 64]) -> &'a str {
-    // Both lengths are fixed, and hex digits are ASCII.
-    hex::encode_to_slice(digest, buf).expect("64 bytes hold 32 in hex");
-    std::str::from_utf8(buf).expect("hex is ASCII")
-}
 
 /// Writes `bytes` to the file (atomically) or to stdout for `None`/`-`.
 pub fn write_bytes(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
@@ -32,27 +25,28 @@ pub fn write_hashes(
     path: Option<&Path>,
 ) -> Result<()> {
     let include_type = settings.flags.include_target_type;
-    let values: Vec<(&str, TargetHash)> = hashed
-        .par_iter()
-        .map(|target| {
-            let tag = include_type
-                .then(|| TypeTag::from_name(target.kind.as_str()))
-                .flatten();
-            let (mut overall, mut direct) = ([0u8; 64], [0u8; 64]);
-            let overall = hex_str(&target.overall, &mut overall);
-            let direct = hex_str(&target.direct, &mut direct);
-            TargetHash::new(tag, overall, direct)
-                .map(|value| (target.label.as_str(), value))
-                .with_context(|| format!("hash value of {}", target.label))
-        })
-        .collect::<Result<_>>()?;
-    let file = HashFile {
-        hashes: values.into_iter().collect(),
-        ..HashFile::default()
-    };
+    // The engine returns targets sorted by label; hex is formatted into one buffer.
+    let mut hex = vec![0u8; hashed.len() * 128];
+    hex.par_chunks_mut(128)
+        .zip(hashed.par_iter())
+        .for_each(|(buf, target)| {
+            let (overall, direct) = buf.split_at_mut(64);
+            // Sizes are fixed: 32 bytes are always 64 hex digits.
+            let _ = hex::encode_to_slice(target.overall, overall);
+            let _ = hex::encode_to_slice(target.direct, direct);
+        });
+    let entries = hashed
+        .iter()
+        .zip(hex.chunks(128))
+        .map(|(target, buf)| HashEntry {
+            label: &target.label,
+            target_type: include_type.then(|| target.kind.as_str()),
+            overall: std::str::from_utf8(&buf[..64]).unwrap_or_default(),
+            direct: std::str::from_utf8(&buf[64..]).unwrap_or_default(),
+        });
     tracing::debug!("hash file built");
     let mut out = Output::from_arg(path)?;
-    file.write(&mut out).context("writing the hashes file")?;
+    write_hash_entries(&mut out, entries).context("writing the hashes file")?;
     out.commit()?;
     tracing::debug!("hash file written");
     if let Some(edges_path) = &settings.dep_edges_file {

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 
-use crate::contract::{DEP_EDGES_KEY, HASHES_KEY, METADATA_KEY, MODULE_GRAPH_JSON_KEY};
+use crate::contract::{
+    DEP_EDGES_KEY, HASHES_KEY, HASH_SEPARATOR, METADATA_KEY, MODULE_GRAPH_JSON_KEY,
+};
 use crate::error::{ParseError, ReadError, ValueError};
 use crate::gson::Pretty;
 use crate::json_read::{parse_object, DepEdgesVisitor, Key, Loose, LooseSeed, SkipObject, Slot};
@@ -123,6 +125,44 @@ impl HashFile {
         }
         w.finish().map(drop)
     }
+}
+
+/// One entry of a hashes file as the hashing engine produces it, before any allocation.
+#[derive(Clone, Copy, Debug)]
+pub struct HashEntry<'a> {
+    pub label: &'a str,
+    /// The `Type#` prefix (only with `--includeTargetType`).
+    pub target_type: Option<&'a str>,
+    pub overall: &'a str,
+    pub direct: &'a str,
+}
+
+/// Writes a flat hashes file straight from `entries`, which must be sorted by label (bytes)
+/// and unique. Byte-identical to [`HashFile::write`] of the same map, without building it.
+pub fn write_hash_entries<'a, W: Write>(
+    out: W,
+    entries: impl IntoIterator<Item = HashEntry<'a>>,
+) -> io::Result<()> {
+    let mut separator = [0; 4];
+    let sep: &str = HASH_SEPARATOR.encode_utf8(&mut separator);
+    let mut w = Pretty::new(out);
+    w.begin_object()?;
+    let mut previous: Option<&str> = None;
+    for entry in entries {
+        debug_assert!(
+            previous.is_none_or(|p| p < entry.label),
+            "entries must be sorted"
+        );
+        previous = Some(entry.label);
+        w.name(entry.label)?;
+        match entry.target_type {
+            Some(t) => w.string_parts(&[t, "#", entry.overall, sep, entry.direct])?,
+            None => w.string_parts(&[entry.overall, sep, entry.direct])?,
+        }
+    }
+    w.end_object()?;
+    w.finish()?;
+    Ok(())
 }
 
 /// Reads a dep-edges file (`{label: [dep, ...]}`); `null` lists are skipped.
@@ -647,5 +687,45 @@ mod tests {
         );
         let err = read_dep_edges(&bad).expect_err("must fail");
         assert!(err.to_string().starts_with("invalid dep edges file"));
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn streamed_entries_match_the_map_writer() {
+        let entries = [
+            HashEntry {
+                label: "//a:b",
+                target_type: Some("Rule"),
+                overall: "01",
+                direct: "02",
+            },
+            HashEntry {
+                label: "//a:c",
+                target_type: Some("SourceFile"),
+                overall: "03",
+                direct: "03",
+            },
+        ];
+        let mut streamed = Vec::new();
+        write_hash_entries(&mut streamed, entries).unwrap();
+        let mut file = HashFile::default();
+        for e in entries {
+            let tag = e.target_type.and_then(crate::TypeTag::from_name);
+            file.hashes
+                .insert(e.label, TargetHash::new(tag, e.overall, e.direct).unwrap());
+        }
+        let mut mapped = Vec::new();
+        file.write(&mut mapped).unwrap();
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            String::from_utf8(mapped).unwrap()
+        );
+        let mut empty = Vec::new();
+        write_hash_entries(&mut empty, []).unwrap();
+        assert_eq!(empty, b"{}");
     }
 }

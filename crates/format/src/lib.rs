@@ -32,7 +32,10 @@ mod target;
 pub use atomic::{write_atomic, AtomicFile, Output, WriteError};
 pub use content_hashes::{parse_content_hashes, read_content_hashes, ContentHashes};
 pub use error::{ParseError, ReadError, ValueError};
-pub use hashes::{parse_dep_edges, read_dep_edges, write_dep_edges, DepEdges, HashFile};
+pub use hashes::{
+    parse_dep_edges, read_dep_edges, write_dep_edges, write_hash_entries, DepEdges, HashEntry,
+    HashFile,
+};
 pub use impacted::{write_impacted_distances, write_impacted_labels, ImpactedTarget};
 pub use label::cmp_utf16;
 pub use map::{Hashes, HashesIter};
