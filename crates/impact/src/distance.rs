@@ -39,7 +39,7 @@ pub(crate) fn compute<'a>(
         let old = match from.get_near(label, hint) {
             Some((position, old)) => {
                 hint = position + 1;
-                Some(old).filter(|_| removed.map_or(true, |set| !set.contains(label)))
+                Some(old).filter(|_| removed.is_none_or(|set| !set.contains(label)))
             }
             None => None,
         };

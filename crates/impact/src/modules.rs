@@ -177,7 +177,7 @@ fn changed_module_names(
         .iter()
         .filter(|(key, module)| {
             from.get(*key)
-                .map_or(true, |old| old.version != module.version)
+                .is_none_or(|old| old.version != module.version)
         })
         .map(|(_, module)| module);
     let removed = from
