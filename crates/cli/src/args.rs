@@ -212,12 +212,10 @@ pub struct WorkspaceArgs {
     pub bazel_path: PathBuf,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct GenerateHashesArgs {
-    #[command(flatten)]
-    pub workspace: WorkspaceArgs,
-    #[command(flatten)]
-    pub query: QueryFlags,
+/// generate-hashes inputs that change hashes but not the query; the fingerprint covers
+/// their contents too, so it accepts them all.
+#[derive(Args, Debug, Clone, Default)]
+pub struct HashingInputArgs {
     /// File with one repo per line (alternative to --fineGrainedHashExternalRepos).
     #[arg(long = "fineGrainedHashExternalReposFile", value_name = "FILE")]
     pub fine_grained_hash_external_repos_file: Option<PathBuf>,
@@ -228,9 +226,6 @@ pub struct GenerateHashesArgs {
     /// JSON map from path to a precomputed content hash used instead of the file bytes.
     #[arg(long = "contentHashPath", value_name = "FILE")]
     pub content_hash_path: Option<PathBuf>,
-    /// Also write the dependency-edge JSON (needed for distances).
-    #[arg(short = 'd', long = "depEdgesFile", value_name = "FILE")]
-    pub dep_edges_file: Option<PathBuf>,
     /// Experimental: file of workspace-relative paths; only their contents are read.
     #[arg(short = 'm', long = "modified-filepaths", value_name = "FILE")]
     pub modified_filepaths: Option<PathBuf>,
@@ -240,6 +235,19 @@ pub struct GenerateHashesArgs {
     /// Rules with any of these tags (comma list) are impacted on every run.
     #[arg(long = "alwaysAffectedTags", value_name = "TAGS")]
     pub always_affected_tags: Vec<String>,
+    /// Also write the dependency-edge JSON (needed for distances).
+    #[arg(short = 'd', long = "depEdgesFile", value_name = "FILE")]
+    pub dep_edges_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateHashesArgs {
+    #[command(flatten)]
+    pub workspace: WorkspaceArgs,
+    #[command(flatten)]
+    pub query: QueryFlags,
+    #[command(flatten)]
+    pub inputs: HashingInputArgs,
     /// Where to write the hashes JSON (default: stdout).
     #[arg(value_name = "outputPath")]
     pub output_path: Option<PathBuf>,
@@ -271,6 +279,8 @@ pub struct FingerprintArgs {
     pub workspace: WorkspaceArgs,
     #[command(flatten)]
     pub query: QueryFlags,
+    #[command(flatten)]
+    pub inputs: HashingInputArgs,
     /// Output file (`-` or absent: stdout).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,

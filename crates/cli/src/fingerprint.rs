@@ -6,16 +6,58 @@ use anyhow::{Context, Result};
 use bazel_diff_bazel::identity::bazel_identity;
 use bazel_diff_fingerprint::{gather, Fingerprint, FingerprintFlags};
 
-use crate::args::{comma_set, space_list, FingerprintArgs, QueryFlags, WarmupArgs};
-use crate::generate::{check_workspace, hash_workspace, GenerateSettings};
+use std::collections::BTreeMap;
+
+use crate::args::{
+    comma_set, space_list, FingerprintArgs, HashingInputArgs, QueryFlags, WarmupArgs,
+};
+use crate::generate::{check_workspace, global_seed, hash_workspace, GenerateSettings};
 use crate::output::{write_bytes, write_hashes};
 
 /// The tool version that goes into the fingerprint.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn fingerprint_flags(flags: &QueryFlags) -> FingerprintFlags {
+fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Contents and values of the hashing inputs, for the `hashingInputs` component.
+fn hashing_inputs(inputs: &HashingInputArgs) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut map = BTreeMap::new();
+    if let Some(list) = &inputs.seed_filepaths {
+        map.insert("seed".into(), global_seed(Some(list))?.to_vec());
+    }
+    if let Some(path) = &inputs.content_hash_path {
+        map.insert(
+            "contentHashPath".into(),
+            read_input(path, "--contentHashPath")?,
+        );
+    }
+    if let Some(path) = &inputs.fine_grained_hash_external_repos_file {
+        map.insert(
+            "fineGrainedHashExternalReposFile".into(),
+            read_input(path, "--fineGrainedHashExternalReposFile")?,
+        );
+    }
+    if let Some(path) = &inputs.modified_filepaths {
+        map.insert(
+            "modifiedFilepaths".into(),
+            read_input(path, "--modified-filepaths")?,
+        );
+    }
+    if let Some(query) = &inputs.exclude_targets_query {
+        map.insert("excludeTargetsQuery".into(), query.clone().into_bytes());
+    }
+    let tags = comma_set(&inputs.always_affected_tags);
+    if !tags.is_empty() {
+        map.insert("alwaysAffectedTags".into(), tags.join(",").into_bytes());
+    }
+    Ok(map)
+}
+
+fn fingerprint_flags(flags: &QueryFlags, inputs: &HashingInputArgs) -> Result<FingerprintFlags> {
     let target_type = comma_set(&flags.target_type);
-    FingerprintFlags {
+    Ok(FingerprintFlags {
         bazel_startup_options: space_list(&flags.bazel_startup_options),
         bazel_command_options: space_list(&flags.bazel_command_options),
         cquery_command_options: space_list(&flags.cquery_command_options),
@@ -27,27 +69,34 @@ fn fingerprint_flags(flags: &QueryFlags) -> FingerprintFlags {
         target_type: (!target_type.is_empty()).then_some(target_type),
         fine_grained_hash_external_repos: comma_set(&flags.fine_grained_hash_external_repos),
         ignored_rule_hashing_attributes: comma_set(&flags.ignored_rule_hashing_attributes),
-    }
+        hashing_inputs: hashing_inputs(inputs)?,
+    })
 }
 
 /// Computes the fingerprint of a workspace for the given flags.
-pub fn compute(workspace: &Path, bazel: &Path, flags: &QueryFlags) -> Result<Fingerprint> {
+pub fn compute(
+    workspace: &Path,
+    bazel: &Path,
+    flags: &QueryFlags,
+    inputs: &HashingInputArgs,
+) -> Result<Fingerprint> {
+    let flags = fingerprint_flags(flags, inputs)?;
     // Unlike upstream, an unidentifiable Bazel is an error: "unknown" would let different
     // Bazels share snapshots.
     let identity = bazel_identity(bazel, workspace)
         .with_context(|| format!("identifying the Bazel binary {}", bazel.display()))?;
-    gather(
-        workspace,
-        &identity.label,
-        TOOL_VERSION,
-        &fingerprint_flags(flags),
-    )
-    .with_context(|| format!("fingerprinting workspace {}", workspace.display()))
+    gather(workspace, &identity.label, TOOL_VERSION, &flags)
+        .with_context(|| format!("fingerprinting workspace {}", workspace.display()))
 }
 
 pub fn run(args: &FingerprintArgs) -> Result<()> {
     let workspace = check_workspace(&args.workspace.workspace_path)?;
-    let fingerprint = compute(&workspace, &args.workspace.bazel_path, &args.query)?;
+    let fingerprint = compute(
+        &workspace,
+        &args.workspace.bazel_path,
+        &args.query,
+        &args.inputs,
+    )?;
     let text = if args.key_only {
         format!("{}\n", fingerprint.fingerprint)
     } else {
@@ -66,6 +115,7 @@ pub fn warmup(args: &WarmupArgs) -> Result<()> {
         &settings.bazel.workspace,
         &settings.bazel.binary,
         &args.generate.query,
+        &args.generate.inputs,
     )?;
     let hashed = hash_workspace(&settings)?;
     for path in [&args.base_hashes, &args.fingerprint_output] {

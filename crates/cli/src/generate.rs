@@ -29,13 +29,13 @@ pub struct GenerateSettings {
 }
 
 /// Reads a text file of entries, one per line.
-fn read_lines(path: &Path, what: &str) -> Result<Vec<String>> {
+pub fn read_lines(path: &Path, what: &str) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {what} file {}", path.display()))?;
     Ok(text.lines().map(str::to_owned).collect())
 }
 
-fn global_seed(list: Option<&Path>) -> Result<[u8; 32]> {
+pub fn global_seed(list: Option<&Path>) -> Result<[u8; 32]> {
     let mut h = Sha256::new();
     if let Some(list) = list {
         let mut seen = HashSet::new();
@@ -122,7 +122,7 @@ impl GenerateSettings {
         let bazel = Bazel::new(&args.workspace.bazel_path, &workspace)
             .with_startup_options(space_list(&args.query.bazel_startup_options));
         let mut fine_grained_repos = comma_set(&args.query.fine_grained_hash_external_repos);
-        if let Some(file) = &args.fine_grained_hash_external_repos_file {
+        if let Some(file) = &args.inputs.fine_grained_hash_external_repos_file {
             if !fine_grained_repos.is_empty() {
                 bail!(UsageError(
                     "Error: --fineGrainedHashExternalRepos and --fineGrainedHashExternalReposFile are mutually exclusive".into()
@@ -136,12 +136,12 @@ impl GenerateSettings {
             }
         }
         let mut hash_config = HashConfig::new(&workspace);
-        hash_config.seed = global_seed(args.seed_filepaths.as_deref())?;
-        if let Some(path) = &args.content_hash_path {
+        hash_config.seed = global_seed(args.inputs.seed_filepaths.as_deref())?;
+        if let Some(path) = &args.inputs.content_hash_path {
             hash_config.content_hashes = bazel_diff_format::read_content_hashes(path)
                 .map_err(|e| UsageError(format!("--contentHashPath: {e}")))?;
         }
-        if let Some(path) = &args.modified_filepaths {
+        if let Some(path) = &args.inputs.modified_filepaths {
             hash_config.modified_files = read_lines(path, "modified file list")?
                 .into_iter()
                 .filter(|l| !l.is_empty())
@@ -157,13 +157,14 @@ impl GenerateSettings {
         hash_config.ignored_attributes = comma_set(&args.query.ignored_rule_hashing_attributes)
             .into_iter()
             .collect();
-        hash_config.always_affected_tags =
-            comma_set(&args.always_affected_tags).into_iter().collect();
+        hash_config.always_affected_tags = comma_set(&args.inputs.always_affected_tags)
+            .into_iter()
+            .collect();
         if !hash_config.always_affected_tags.is_empty() {
             hash_config.salt = random_salt();
         }
         hash_config.use_cquery = args.query.use_cquery;
-        hash_config.track_deps = args.dep_edges_file.is_some();
+        hash_config.track_deps = args.inputs.dep_edges_file.is_some();
         if !fine_grained_repos.is_empty() {
             hash_config.repo_roots = Some(Box::new(LazyRepoRoots {
                 bazel: bazel.clone(),
@@ -176,9 +177,9 @@ impl GenerateSettings {
             command_options: space_list(&args.query.bazel_command_options),
             cquery_options: space_list(&args.query.cquery_command_options),
             fine_grained_repos,
-            exclude_targets_query: args.exclude_targets_query.clone(),
+            exclude_targets_query: args.inputs.exclude_targets_query.clone(),
             target_types: target_types(&args.query.target_type)?,
-            dep_edges_file: args.dep_edges_file.clone(),
+            dep_edges_file: args.inputs.dep_edges_file.clone(),
             flags: args.query.clone(),
             hash_config: Arc::new(hash_config),
         })

@@ -49,6 +49,7 @@ const FLAGS: &str = "flags";
 const MODULE_BAZEL: &str = "moduleBazel";
 const WORKSPACE_FILES: &str = "workspaceFiles";
 const BAZELIGNORE: &str = "bazelignore";
+const HASHING_INPUTS: &str = "hashingInputs";
 
 /// The files behind `workspaceFiles`, in the order they are hashed.
 const WORKSPACE_FILE_NAMES: [&str; 3] = ["WORKSPACE", "WORKSPACE.bazel", "WORKSPACE.bzlmod"];
@@ -89,6 +90,11 @@ pub struct FingerprintFlags {
     pub ignored_rule_hashing_attributes: Vec<String>,
     pub exclude_external_targets: bool,
     pub keep_going: bool,
+    /// Inputs that change hashes without changing the query (seed file contents,
+    /// `--contentHashPath`, `--excludeTargetsQuery`, ...), by name. Upstream leaves them out
+    /// of the key, so stored base hashes could silently disagree with a cold run (finding F8);
+    /// they form our `hashingInputs` component and are not among the 11 flags.
+    pub hashing_inputs: BTreeMap<String, Vec<u8>>,
 }
 
 impl FingerprintFlags {
@@ -235,6 +241,7 @@ pub fn gather(
         module_bazel: file("MODULE.bazel")?,
         workspace_files,
         bazelignore: file(".bazelignore")?,
+        hashing_inputs: &flags.hashing_inputs,
     }))
 }
 
@@ -279,6 +286,7 @@ fn describe(component: &str) -> &'static str {
         MODULE_BAZEL => "MODULE.bazel",
         WORKSPACE_FILES => "WORKSPACE, WORKSPACE.bazel or WORKSPACE.bzlmod",
         BAZELIGNORE => ".bazelignore",
+        HASHING_INPUTS => "a seed file, content-hash file or other hashing input",
         _ => "an input unknown to this version",
     }
 }
@@ -312,6 +320,21 @@ struct Inputs<'a> {
     module_bazel: Option<Vec<u8>>,
     workspace_files: Vec<(&'static str, Option<Vec<u8>>)>,
     bazelignore: Option<Vec<u8>>,
+    hashing_inputs: &'a BTreeMap<String, Vec<u8>>,
+}
+
+/// SHA-256 over length-framed `(name, bytes)` pairs, so no two inputs share a byte stream.
+fn framed_hex(pairs: &BTreeMap<String, Vec<u8>>) -> String {
+    let frames = pairs.iter().flat_map(|(name, bytes)| {
+        [
+            (name.len() as u64).to_be_bytes().to_vec(),
+            name.as_bytes().to_vec(),
+            (bytes.len() as u64).to_be_bytes().to_vec(),
+            bytes.clone(),
+        ]
+    });
+    let frames: Vec<Vec<u8>> = frames.collect();
+    sha256_hex(frames.iter().map(Vec::as_slice))
 }
 
 fn compute(inputs: &Inputs) -> Fingerprint {
@@ -356,6 +379,7 @@ fn compute(inputs: &Inputs) -> Fingerprint {
             ),
         ),
         (BAZELIGNORE, presence_hex(inputs.bazelignore.as_deref())),
+        (HASHING_INPUTS, framed_hex(inputs.hashing_inputs)),
     ]
     .into_iter()
     .map(|(name, hex)| (name.to_string(), hex))
@@ -414,6 +438,20 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FingerprintError> {
 }
 
 #[cfg(test)]
+mod hashing_input_tests {
+    use super::*;
+
+    #[test]
+    fn hashing_inputs_are_framed_and_change_the_key() {
+        let empty = framed_hex(&BTreeMap::new());
+        let a = framed_hex(&BTreeMap::from([("ab".into(), b"c".to_vec())]));
+        let b = framed_hex(&BTreeMap::from([("a".into(), b"bc".to_vec())]));
+        assert_ne!(a, b, "framing keeps name/content boundaries");
+        assert_ne!(a, empty);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::error::Error;
@@ -446,8 +484,11 @@ mod tests {
     const VECTOR_FINGERPRINT: &str =
         "599563a3e8b931acb687b9cf324696d3448be03ef71ea3f1c8c4337ed5eb070f";
 
+    static NO_HASHING_INPUTS: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+
     fn vector_inputs() -> Inputs<'static> {
         Inputs {
+            hashing_inputs: &NO_HASHING_INPUTS,
             tool_version: "37.0.0",
             bazel_version: "8.5.1",
             module_lock: None,
@@ -527,6 +568,7 @@ mod tests {
             ignored_rule_hashing_attributes: vec!["tags".into()],
             exclude_external_targets: false,
             keep_going: true,
+            hashing_inputs: BTreeMap::from([("seed".into(), b"x".to_vec())]),
         };
         let expected = [
             ("bazelCommandOptions", "--a  --b"),
@@ -747,6 +789,7 @@ mod tests {
                 "moduleBazel",
                 "workspaceFiles",
                 "bazelignore",
+                "hashingInputs",
             ]
         );
         let object = |pairs: Vec<(&String, &String)>| {
@@ -781,7 +824,7 @@ mod tests {
         let recorded = Fingerprint::from_json(&upstream)?;
         assert_eq!(upstream_five(&recorded), VECTOR);
         let reasons = explain_mismatch(&recorded, &compute(&vector_inputs()));
-        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
         assert!(reasons[0].starts_with("`moduleBazel` is not in the recorded"));
         Ok(())
     }
