@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use bazel_diff_format::{write_dep_edges, write_hash_entries, DepEdges, HashEntry, Output};
 use bazel_diff_hash::HashedTarget;
-use rayon::prelude::*;
 
 use crate::generate::GenerateSettings;
 
@@ -25,25 +24,13 @@ pub fn write_hashes(
     path: Option<&Path>,
 ) -> Result<()> {
     let include_type = settings.flags.include_target_type;
-    // The engine returns targets sorted by label; hex is formatted into one buffer.
-    let mut hex = vec![0u8; hashed.len() * 128];
-    hex.par_chunks_mut(128)
-        .zip(hashed.par_iter())
-        .for_each(|(buf, target)| {
-            let (overall, direct) = buf.split_at_mut(64);
-            // Sizes are fixed: 32 bytes are always 64 hex digits.
-            let _ = hex::encode_to_slice(target.overall, overall);
-            let _ = hex::encode_to_slice(target.direct, direct);
-        });
-    let entries = hashed
-        .iter()
-        .zip(hex.chunks(128))
-        .map(|(target, buf)| HashEntry {
-            label: &target.label,
-            target_type: include_type.then(|| target.kind.as_str()),
-            overall: std::str::from_utf8(&buf[..64]).unwrap_or_default(),
-            direct: std::str::from_utf8(&buf[64..]).unwrap_or_default(),
-        });
+    // The engine returns targets sorted by label, as the writer needs.
+    let entries = hashed.iter().map(|target| HashEntry {
+        label: &target.label,
+        target_type: include_type.then(|| target.kind.as_str()),
+        overall: &target.overall,
+        direct: &target.direct,
+    });
     tracing::debug!("hash file built");
     let mut out = Output::from_arg(path)?;
     write_hash_entries(&mut out, entries).context("writing the hashes file")?;

@@ -133,8 +133,20 @@ pub struct HashEntry<'a> {
     pub label: &'a str,
     /// The `Type#` prefix (only with `--includeTargetType`).
     pub target_type: Option<&'a str>,
-    pub overall: &'a str,
-    pub direct: &'a str,
+    /// SHA-256 digests, written as lowercase hex.
+    pub overall: &'a [u8; 32],
+    pub direct: &'a [u8; 32],
+}
+
+/// Lowercase hex of a digest into `buf`, without allocating.
+fn hex_digest<'b>(digest: &[u8; 32], buf: &'b mut [u8; 64]) -> &'b str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in digest.iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// Writes a flat hashes file straight from `entries`, which must be sorted by label (bytes)
@@ -155,9 +167,12 @@ pub fn write_hash_entries<'a, W: Write>(
         );
         previous = Some(entry.label);
         w.name(entry.label)?;
+        let (mut overall, mut direct) = ([0u8; 64], [0u8; 64]);
+        let overall = hex_digest(entry.overall, &mut overall);
+        let direct = hex_digest(entry.direct, &mut direct);
         match entry.target_type {
-            Some(t) => w.string_parts(&[t, "#", entry.overall, sep, entry.direct])?,
-            None => w.string_parts(&[entry.overall, sep, entry.direct])?,
+            Some(t) => w.string_parts(&[t, "#", overall, sep, direct])?,
+            None => w.string_parts(&[overall, sep, direct])?,
         }
     }
     w.end_object()?;
@@ -694,20 +709,25 @@ mod tests {
 mod entry_tests {
     use super::*;
 
+    fn hex_of(d: &[u8; 32]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn streamed_entries_match_the_map_writer() {
+        let (one, two) = ([0x01; 32], [0xab; 32]);
         let entries = [
             HashEntry {
                 label: "//a:b",
                 target_type: Some("Rule"),
-                overall: "01",
-                direct: "02",
+                overall: &one,
+                direct: &two,
             },
             HashEntry {
                 label: "//a:c",
                 target_type: Some("SourceFile"),
-                overall: "03",
-                direct: "03",
+                overall: &two,
+                direct: &two,
             },
         ];
         let mut streamed = Vec::new();
@@ -715,8 +735,9 @@ mod entry_tests {
         let mut file = HashFile::default();
         for e in entries {
             let tag = e.target_type.and_then(crate::TypeTag::from_name);
+            let (overall, direct) = (hex_of(e.overall), hex_of(e.direct));
             file.hashes
-                .insert(e.label, TargetHash::new(tag, e.overall, e.direct).unwrap());
+                .insert(e.label, TargetHash::new(tag, &overall, &direct).unwrap());
         }
         let mut mapped = Vec::new();
         file.write(&mut mapped).unwrap();

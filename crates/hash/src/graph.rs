@@ -96,7 +96,8 @@ impl GraphBuilder {
             self.skipped += 1;
             return;
         };
-        if !self.seen.insert(label.to_owned()) {
+        // Only cquery repeats labels (one per configuration); query mode never does.
+        if self.config.use_cquery && !self.seen.insert(label.to_owned()) {
             return;
         }
         match target.r#type {

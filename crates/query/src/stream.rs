@@ -1,7 +1,7 @@
 //! Incremental framing of query output into [`Target`]s.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::io::{BufRead, BufReader, Read};
 
 use bytes::Bytes;
 use prost::Message;
@@ -22,6 +22,8 @@ pub enum Framing {
     CqueryResult,
 }
 
+/// Larger messages are corrupt framing, not targets.
+const MAX_MESSAGE: u64 = 1 << 31;
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
 const WIRE_LEN: u64 = 2;
@@ -74,27 +76,21 @@ impl<R: Read> TargetStream<R> {
     }
 
     fn bytes(&mut self, len: u64) -> Result<Bytes, QueryDecodeError> {
-        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 31)];
-        if buf.len() as u64 != len {
+        if len > MAX_MESSAGE {
             return Err(QueryDecodeError::Framing {
                 index: self.messages,
                 what: "message longer than 2 GiB",
             });
         }
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self.reader.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    return Err(QueryDecodeError::Truncated {
-                        index: self.messages,
-                        declared: len,
-                        available: filled as u64,
-                    })
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+        // `take` + `read_to_end` fills without zeroing the buffer first.
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut self.reader).take(len).read_to_end(&mut buf)?;
+        if (buf.len() as u64) < len {
+            return Err(QueryDecodeError::Truncated {
+                index: self.messages,
+                declared: len,
+                available: buf.len() as u64,
+            });
         }
         Ok(Bytes::from(buf))
     }
