@@ -195,11 +195,15 @@ impl Bazel {
         if keep_going {
             cmd.arg("--keep_going");
         }
-        cmd.args(options)
-            .arg("--query_file")
-            .arg(query_file.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(options);
+        // cquery of older Bazels (4.2.3) rejects --query_file; its expressions are short, so
+        // they go on the command line. Query expressions can be long: they use the file.
+        if output.command == "cquery" {
+            cmd.arg(expression);
+        } else {
+            cmd.arg("--query_file").arg(query_file.path());
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let command = describe(&cmd);
         tracing::debug!("running {command}");
         let mut child = cmd.spawn().map_err(|source| BazelError::Spawn {

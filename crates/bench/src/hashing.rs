@@ -73,8 +73,7 @@ impl HashingBench {
         progress(&format!("generating ~{size} targets in {}", ws.display()));
         let mut cfg = GenConfig::default();
         cfg.packages = cfg.packages_for_targets(size);
-        let (summary, commits) =
-            generate_repo(&cfg, &ws, 2, &["content:1".parse::<Mutation>()?])?;
+        let (summary, commits) = generate_repo(&cfg, &ws, 2, &["content:1".parse::<Mutation>()?])?;
         let (base, head) = (&commits[0].sha, &commits[1].sha);
         let startup = format!("--output_user_root={}", user_root.display());
         let query_file = out.join("query.txt");

@@ -197,12 +197,15 @@ fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
         bazel_diff: absolute(a.bazel_diff)?,
     };
     let reports = bench.run_all(|msg| eprintln!("[bench] {msg}"))?;
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{:>8} {:>12} {:>15} {:>8} {:>12} {:>18} {:>9}",
         "targets", "bare query", "generate-hashes", "ratio", "max RSS", "get-impacted", "impacted"
-    );
+    )?;
     for r in &reports {
-        println!(
+        writeln!(
+            out,
             "{:>8} {:>11.3}s {:>14.3}s {:>8.3} {:>8.1} MiB {:>17.3}s {:>9}",
             r.targets,
             r.bare_query_s,
@@ -211,7 +214,7 @@ fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
             r.generate_hashes_max_rss_mib,
             r.get_impacted_targets_s,
             r.impacted_targets
-        );
+        )?;
     }
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)

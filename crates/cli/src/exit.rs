@@ -25,3 +25,35 @@ pub fn code_for(error: &anyhow::Error) -> i32 {
         FAILURE
     }
 }
+
+/// One line for an error chain. Library errors carry their cause in their own message, and
+/// anyhow's `{:#}` would print it again: causes already in the text are skipped.
+pub fn render(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let inner = anyhow::Error::new(io).context("cannot read x: No such file");
+        let outer = inner.context("Incorrect starting hashes");
+        assert_eq!(
+            render(&outer),
+            "Incorrect starting hashes: cannot read x: No such file"
+        );
+    }
+}

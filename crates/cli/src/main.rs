@@ -36,6 +36,21 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Hashing workers run at a lower priority: while Bazel streams the query it needs the CPU
+/// more than we do (on small machines our workers otherwise slow the query itself), and once
+/// it is done nothing else competes with them.
+fn init_thread_pool() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .start_handler(|_| {
+            // SAFETY: plain syscalls on the calling thread; failure only means normal priority.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+        })
+        .build_global();
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
         Ok(cli) => cli,
@@ -46,6 +61,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    init_thread_pool();
     let result = match &cli.command {
         Command::GenerateHashes(args) => generate::run(args),
         Command::GetImpactedTargets(args) => impacted::run(args),
@@ -55,7 +71,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS as u8),
         Err(error) => {
-            eprintln!("[Error] {error:#}");
+            eprintln!("[Error] {}", exit::render(&error));
             ExitCode::from(exit::code_for(&error) as u8)
         }
     }

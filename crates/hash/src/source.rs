@@ -35,10 +35,17 @@ pub enum FileLocation {
 pub fn file_digest_key(config: &HashConfig, label: &str) -> FileLocation {
     if let Some(rest) = main_repo_rest(label) {
         let rel = rest.strip_prefix(':').unwrap_or(rest).replace(':', "/");
-        return FileLocation::File {
-            path: string_join(&config.workspace, &rel),
-            key: rel,
-        };
+        let path = string_join(&config.workspace, &rel);
+        if let Some(repaired) = latin1_repair(&rel) {
+            let repaired_path = string_join(&config.workspace, &repaired);
+            if !path.exists() && repaired_path.exists() {
+                return FileLocation::File {
+                    path: repaired_path,
+                    key: repaired,
+                };
+            }
+        }
+        return FileLocation::File { path, key: rel };
     }
     let Some(stripped) = label.strip_prefix('@') else {
         return FileLocation::Nothing;
@@ -65,6 +72,19 @@ pub fn file_digest_key(config: &HashConfig, label: &str) -> FileLocation {
         path: roots.root(repo).join(&rel),
         key: format!("external/{repo}/{rel}"),
     }
+}
+
+/// Bazels running with `-Dfile.encoding=ISO-8859-1` (4.2.3 among them) print a UTF-8 file
+/// name's bytes as Latin-1 characters (`été` arrives as `Ã©tÃ©`). Undoes that when the
+/// text is made of Latin-1 characters whose bytes are valid UTF-8; `None` otherwise.
+fn latin1_repair(text: &str) -> Option<String> {
+    if text.is_ascii() || text.chars().any(|c| u32::from(c) > 0xff) {
+        return None;
+    }
+    let bytes: Vec<u8> = text.chars().map(|c| c as u8).collect();
+    String::from_utf8(bytes)
+        .ok()
+        .filter(|repaired| repaired != text)
 }
 
 /// Joins as strings, never letting an absolute `rel` replace the base (spec 4.4 NOTE).
@@ -208,6 +228,24 @@ mod tests {
         assert_eq!(
             hex::encode(h.finalize()),
             "bbcda89f5986d5c32f3b5662b262419254fbb3b11b9aaaaf2f2492b130c90501"
+        );
+    }
+
+    #[test]
+    fn double_encoded_non_ascii_names_are_found() {
+        let ws = workspace_with(&[("d/\u{e9}t\u{e9}.txt", "x", 0o644)]);
+        let config = HashConfig::new(ws.path());
+        let mangled = "//d:\u{c3}\u{a9}t\u{c3}\u{a9}.txt";
+        let FileLocation::File { path, key } = file_digest_key(&config, mangled) else {
+            panic!("a main-repo label has a file");
+        };
+        assert!(path.exists(), "{}", path.display());
+        assert_eq!(key, "d/\u{e9}t\u{e9}.txt");
+        assert_eq!(latin1_repair("plain"), None);
+        assert_eq!(
+            latin1_repair("\u{e9}"),
+            None,
+            "a lone Latin-1 byte is not UTF-8"
         );
     }
 
