@@ -210,6 +210,9 @@ impl Bazel {
             command: command.clone(),
             source,
         })?;
+        if let Some(stdout) = &child.stdout {
+            enlarge_pipe(stdout);
+        }
         let stderr = child
             .stderr
             .take()
@@ -222,6 +225,20 @@ impl Bazel {
             _query_file: query_file,
             framing: output.framing,
         })
+    }
+}
+
+/// A 64 KiB pipe holds ~100 targets: whenever our reader pauses to decode, Bazel's client
+/// blocks. 1 MiB (the unprivileged maximum) keeps it writing.
+fn enlarge_pipe(pipe: &ChildStdout) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; failure just keeps the default size.
+    let rc = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    if rc < 0 {
+        tracing::debug!(
+            "could not enlarge the query pipe: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -215,7 +215,12 @@ fn stream_query(
         .start_query(output, expression, settings.flags.keep_going, options, true)
         .map_err(QueryFailure::Bazel)?;
     let stdout = process.take_stdout().expect("stdout is piped");
+    let mut first = true;
     for target in TargetStream::new(stdout, process.framing) {
+        if first {
+            tracing::debug!("first target arrived");
+            first = false;
+        }
         let target = target.map_err(|e| QueryFailure::Decode(e.into()))?;
         if let Some(keep) = keep {
             if !target.label().is_some_and(|l| keep.contains(l)) {
@@ -225,6 +230,7 @@ fn stream_query(
         progress.inc();
         builder.add(target);
     }
+    tracing::debug!("query output ended");
     process.wait().map_err(QueryFailure::Bazel)
 }
 

@@ -482,7 +482,7 @@ fn direct_digest(
                 if let Some(digest) = soft.get(label) {
                     h.update(digest);
                 } else {
-                    tracing::debug!(
+                    tracing::trace!(
                         "Unable to calculate digest for input {label} of {}",
                         rule.label
                     );
