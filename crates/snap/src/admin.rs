@@ -1,0 +1,160 @@
+//! `list`, `verify` and `gc`: looking after the store.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, Result};
+use bazel_diff_store::{
+    format_duration, format_size, parse_duration, parse_size, GcPolicy, Removed, Store,
+    VerifyStatus,
+};
+
+use crate::{GcArgs, ListArgs, VerifyArgs, EXIT_ERROR, EXIT_OK};
+
+fn open(store: &std::path::Path) -> Result<Store> {
+    if !store.is_dir() {
+        anyhow::bail!("store {} does not exist", store.display());
+    }
+    Ok(Store::open(store)?)
+}
+
+pub fn list(args: &ListArgs) -> Result<()> {
+    let store = open(&args.store)?;
+    let mut entries = store.entries()?;
+    entries.sort_by_key(|e| std::cmp::Reverse(e.created_unix));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &entries)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<16}  {:<12}  {:>8}  {:>9}  {:<11}  STATUS",
+        "FINGERPRINT", "BASE", "AGE", "SIZE", "DRIVER"
+    )?;
+    let now = SystemTime::now();
+    for e in &entries {
+        let driver = e.metadata().map_or("-", |m| m.driver.as_str());
+        let status = e
+            .corruption()
+            .map_or("ok".to_owned(), |why| format!("CORRUPT: {why}"));
+        writeln!(
+            out,
+            "{:<16}  {:<12}  {:>8}  {:>9}  {:<11}  {status}",
+            &e.key.fingerprint()[..16],
+            &e.key.base_sha()[..12],
+            format_duration(e.age(now)),
+            format_size(e.disk_bytes),
+            driver,
+        )?;
+    }
+    Ok(())
+}
+
+/// Exit 1 when any entry is corrupt (so CI can alert), 0 otherwise.
+pub fn verify(args: &VerifyArgs) -> u8 {
+    match verify_inner(args) {
+        Ok(true) => EXIT_OK,
+        Ok(false) => EXIT_ERROR,
+        Err(e) => {
+            eprintln!("bazel-diff-snap: error: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn verify_inner(args: &VerifyArgs) -> Result<bool> {
+    let store = open(&args.store)?;
+    let reports = store.verify_all()?;
+    let mut clean = true;
+    let mut removed = Vec::new();
+    for report in &reports {
+        if report.is_ok() {
+            continue;
+        }
+        clean = false;
+        if args.fix && !matches!(report.status, VerifyStatus::Failed { .. }) {
+            match store.remove(&report.key)? {
+                Removed::Removed { .. } => removed.push(report.path.clone()),
+                other => eprintln!(
+                    "bazel-diff-snap: not removed {}: {other:?}",
+                    report.path.display()
+                ),
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({ "entries": reports, "removed": removed }),
+        )?;
+        writeln!(out)?;
+    } else {
+        for report in &reports {
+            let status = match &report.status {
+                VerifyStatus::Ok => "ok".to_owned(),
+                VerifyStatus::Problems { problems } => problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                VerifyStatus::Corrupt { reason } => format!("corrupt: {reason}"),
+                VerifyStatus::Failed { error } => format!("not checked: {error}"),
+            };
+            writeln!(out, "{}  {status}", report.path.display())?;
+        }
+        for path in &removed {
+            writeln!(out, "removed {}", path.display())?;
+        }
+    }
+    Ok(clean || (args.fix && removed.len() == reports.iter().filter(|r| !r.is_ok()).count()))
+}
+
+pub fn gc(args: &GcArgs) -> Result<()> {
+    let store = open(&args.store)?;
+    let policy = GcPolicy {
+        keep_per_fingerprint: args.keep_per_fingerprint,
+        max_age: args
+            .max_age
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .context("--max-age")?,
+        max_bytes: args
+            .max_bytes
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .context("--max-bytes")?,
+        remove_corrupt: false,
+        dry_run: args.dry_run,
+    };
+    let report = store.gc(&policy, SystemTime::now())?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for e in &report.removed {
+            writeln!(out, "{verb} {}", e.path.display())?;
+        }
+        for e in &report.skipped_in_use {
+            writeln!(out, "in use, kept {}", e.path.display())?;
+        }
+        writeln!(
+            out,
+            "{verb} {} entries, {} freed, {} remaining",
+            report.removed.len(),
+            format_size(report.bytes_freed),
+            format_size(report.bytes_remaining)
+        )?;
+    }
+    Ok(())
+}

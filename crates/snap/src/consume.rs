@@ -1,0 +1,372 @@
+//! `consume` and `resolve`: find the entry for (base, target), use it, and fail safe.
+
+use anyhow::{Context as _, Result};
+use bazel_diff_store::EntryKey;
+use serde_json::json;
+
+use crate::context::Context;
+use crate::driver::{ConsumePlan, Driver, LocalDriver, Unavailable};
+use crate::record::{fingerprint_of_worktree, store_key};
+use crate::report::{Phases, Report};
+use crate::resolve::resolve;
+use crate::tool::{default_binary, BazelDiff};
+use crate::{
+    Common, ConsumeArgs, DriverKind, Fallback, ResolveArgs, Selection, EXIT_ERROR,
+    EXIT_NO_SNAPSHOT, EXIT_OK,
+};
+
+pub fn tool_for(common: &Common, impacted_flags: Vec<String>) -> BazelDiff {
+    BazelDiff {
+        binary: common.bazel_diff.clone().unwrap_or_else(default_binary),
+        bazel: common.bazel.clone(),
+        flags: common.flags.clone(),
+        impacted_flags,
+    }
+}
+
+pub fn make_driver(common: &Common) -> Result<Box<dyn Driver>, Unavailable> {
+    match common.driver {
+        DriverKind::Local => Ok(Box::new(LocalDriver)),
+        DriverKind::Firecracker => Err(Unavailable(
+            "the firecracker driver is not in this build yet; use --driver local".into(),
+        )),
+    }
+}
+
+/// Why no snapshot was used: exit 2 (or the cold path with `--fallback cold`).
+#[derive(Debug)]
+struct NoSnapshot(String);
+
+impl std::fmt::Display for NoSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoSnapshot {}
+
+fn no_snapshot(reason: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(NoSnapshot(reason.into()))
+}
+
+/// The choice consume would make, filled into `report`; returns the entry key.
+fn choose(
+    ctx: &Context,
+    driver: &dyn Driver,
+    selection: &Selection,
+    report: &mut Report,
+    phases: &mut Phases,
+) -> Result<(EntryKey, String, String)> {
+    let target = ctx.repo.commit(&selection.target_sha)?;
+    let explicit_base = selection
+        .base_sha
+        .as_deref()
+        .map(|b| ctx.repo.commit(b))
+        .transpose()?;
+    report.target_sha = Some(target.clone());
+    ctx.repo.checkout_worktree(&ctx.worktree, &target)?;
+    let (_, fingerprint) = fingerprint_of_worktree(ctx)?;
+    let material = driver.key_material()?;
+    let key = store_key(&fingerprint.fingerprint, material.as_deref());
+    report.fingerprint = Some(fingerprint.fingerprint.clone());
+    report.store_key = Some(key.clone());
+    report.fingerprint_components = fingerprint.components.clone();
+    phases.mark(report, "fingerprint");
+
+    let entries = ctx.store.entries_for(&key)?;
+    let mut candidates = Vec::new();
+    for entry in &entries {
+        match entry.metadata() {
+            Some(meta) if meta.driver == driver.kind() => candidates.push(meta.base_sha.clone()),
+            Some(meta) => report.skipped.push(crate::resolve::Skipped {
+                sha: meta.base_sha.clone(),
+                reason: format!("recorded by the {} driver", meta.driver),
+            }),
+            None => report.skipped.push(crate::resolve::Skipped {
+                sha: entry.key.base_sha().to_owned(),
+                reason: "corrupt entry (no readable metadata)".into(),
+            }),
+        }
+    }
+    let want = explicit_base.clone().unwrap_or_else(|| target.clone());
+    let resolution = resolve(&ctx.repo, &candidates, &want, selection.max_distance)?;
+    report.skipped.extend(resolution.skipped);
+    phases.mark(report, "resolve");
+    let Some(choice) = resolution.choice else {
+        let why = if entries.is_empty() {
+            explain_missing_fingerprint(ctx, &fingerprint)
+        } else {
+            format!(
+                "no entry for fingerprint {key} is {want} or one of its ancestors within {} commits",
+                selection.max_distance
+            )
+        };
+        return Err(no_snapshot(why));
+    };
+    let base = explicit_base.unwrap_or_else(|| choice.entry_base.clone());
+    report.base_source = Some(
+        if selection.base_sha.is_some() {
+            "explicit"
+        } else {
+            "entry"
+        }
+        .into(),
+    );
+    report.base_sha = Some(base.clone());
+    report.distance = Some(choice.distance);
+    if selection.base_sha.is_none() {
+        eprintln!(
+            "bazel-diff-snap: no --base-sha given: diffing against the snapshot's base {} ({} commits behind the target)",
+            choice.entry_base, choice.distance
+        );
+    }
+    Ok((EntryKey::new(&key, &choice.entry_base)?, base, target))
+}
+
+/// Says why no entry matches: which fingerprint components differ from the most recent
+/// entry recorded for another fingerprint.
+fn explain_missing_fingerprint(
+    ctx: &Context,
+    current: &bazel_diff_fingerprint::Fingerprint,
+) -> String {
+    let newest = ctx.store.entries().ok().and_then(|all| {
+        all.into_iter()
+            .filter_map(|e| {
+                let created = e.metadata()?.created_unix;
+                Some((created, e.path.join("fingerprint.json")))
+            })
+            .max_by_key(|(created, _)| *created)
+    });
+    let recorded = newest
+        .and_then(|(_, path)| std::fs::read_to_string(path).ok())
+        .and_then(|text| bazel_diff_fingerprint::Fingerprint::from_json(&text).ok());
+    match recorded {
+        Some(recorded) => format!(
+            "no snapshot for fingerprint {}; against the newest entry: {}",
+            current.fingerprint,
+            bazel_diff_fingerprint::explain_mismatch(&recorded, current).join("; ")
+        ),
+        None => format!(
+            "the store has no snapshot for fingerprint {}",
+            current.fingerprint
+        ),
+    }
+}
+
+fn consume_with_snapshot(
+    ctx: &Context,
+    driver: &dyn Driver,
+    args: &ConsumeArgs,
+    report: &mut Report,
+    phases: &mut Phases,
+) -> Result<()> {
+    driver
+        .check_available()
+        .map_err(|Unavailable(why)| no_snapshot(format!("driver unavailable: {why}")))?;
+    let (key, base, target) = choose(ctx, driver, &args.selection, report, phases)?;
+    let entry = ctx
+        .store
+        .open_entry(&key)
+        .map_err(|e| no_snapshot(format!("cannot open the chosen entry: {e}")))?;
+    let problems = entry.verify()?;
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(no_snapshot(format!(
+            "entry {} is corrupt: {}",
+            entry.path().display(),
+            list.join("; ")
+        )));
+    }
+    report.entry = Some(json!({
+        "dir": entry.path(),
+        "base_sha": key.base_sha(),
+        "fingerprint": key.fingerprint(),
+        "driver": driver.kind(),
+    }));
+    phases.mark(report, "verify");
+    let scratch = ctx.scratch()?;
+    let hashes = driver.consume(
+        ctx,
+        &ConsumePlan {
+            fingerprint: key.fingerprint(),
+            entry_dir: entry.path(),
+            entry_base: key.base_sha(),
+            base: &base,
+            target: &target,
+            scratch: scratch.path(),
+        },
+    )?;
+    report.driver_notes = Some(hashes.notes);
+    phases.mark(report, "hash");
+    ctx.tool
+        .impacted(&ctx.worktree, &hashes.base, &hashes.target, &args.out)?;
+    phases.mark(report, "impacted");
+    Ok(())
+}
+
+/// The cold path: both revisions hashed by a fresh Bazel server, as CI would without us.
+fn consume_cold(ctx: &Context, args: &ConsumeArgs, report: &mut Report) -> Result<()> {
+    let base_rev = args
+        .selection
+        .base_sha
+        .as_deref()
+        .context("--fallback cold needs --base-sha (without a snapshot there is no base)")?;
+    let base = ctx.repo.commit(base_rev)?;
+    let target = ctx.repo.commit(&args.selection.target_sha)?;
+    report.base_sha = Some(base.clone());
+    report.base_source = Some("explicit".into());
+    report.target_sha = Some(target.clone());
+    let scratch = ctx.scratch()?;
+    let startup = vec![format!(
+        "--output_user_root={}",
+        scratch.path().join("bazel").display()
+    )];
+    let (base_hashes, target_hashes) = (
+        scratch.path().join("base.json"),
+        scratch.path().join("target.json"),
+    );
+    ctx.repo.checkout_worktree(&ctx.worktree, &base)?;
+    ctx.tool
+        .generate_hashes(&ctx.worktree, &startup, &base_hashes)?;
+    ctx.repo.checkout_worktree(&ctx.worktree, &target)?;
+    ctx.tool
+        .generate_hashes(&ctx.worktree, &startup, &target_hashes)?;
+    ctx.tool
+        .impacted(&ctx.worktree, &base_hashes, &target_hashes, &args.out)?;
+    let shutdown = std::process::Command::new(&ctx.tool.bazel)
+        .arg(&startup[0])
+        .arg("shutdown")
+        .current_dir(&ctx.worktree)
+        .stdin(std::process::Stdio::null())
+        .output();
+    if let Err(e) = shutdown {
+        tracing::warn!("could not shut down the cold Bazel server: {e}");
+    }
+    Ok(())
+}
+
+pub fn run(args: &ConsumeArgs) -> u8 {
+    let mut report = Report {
+        driver: format!("{:?}", args.common.driver).to_lowercase(),
+        ..Report::default()
+    };
+    let mut phases = Phases::start();
+    let result = (|| -> Result<()> {
+        let ctx = Context::new(
+            &args.common.workspace,
+            &args.common.store,
+            tool_for(&args.common, args.impacted_flags.clone()),
+        )?;
+        let _worktree = ctx.lock_worktree()?;
+        phases.mark(&mut report, "setup");
+        let attempt = make_driver(&args.common)
+            .map_err(|Unavailable(why)| no_snapshot(format!("driver unavailable: {why}")))
+            .and_then(|driver| {
+                consume_with_snapshot(&ctx, driver.as_ref(), args, &mut report, &mut phases)
+            });
+        match attempt {
+            Err(e) if args.fallback == Fallback::Cold => match e.downcast_ref::<NoSnapshot>() {
+                Some(reason) => {
+                    eprintln!("bazel-diff-snap: no usable snapshot ({reason}); running the cold path (--fallback cold)");
+                    report.fallback_reason = Some(reason.0.clone());
+                    report.outcome = "cold-fallback".into();
+                    consume_cold(&ctx, args, &mut report)?;
+                    phases.mark(&mut report, "cold");
+                    Ok(())
+                }
+                None => Err(e),
+            },
+            other => other,
+        }
+    })();
+    let code = match &result {
+        Ok(()) => {
+            if report.outcome.is_empty() {
+                report.outcome = "snapshot".into();
+            }
+            EXIT_OK
+        }
+        Err(e) => match e.downcast_ref::<NoSnapshot>() {
+            Some(reason) => {
+                eprintln!("bazel-diff-snap: no usable snapshot: {reason}; nothing written (exit 2: run the cold path)");
+                report.outcome = "no-snapshot".into();
+                report.fallback_reason = Some(reason.0.clone());
+                EXIT_NO_SNAPSHOT
+            }
+            None => {
+                eprintln!("bazel-diff-snap: error: {e:#}");
+                report.outcome = "error".into();
+                report.error = Some(format!("{e:#}"));
+                EXIT_ERROR
+            }
+        },
+    };
+    report.exit_code = i32::from(code);
+    if let Some(path) = &args.json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(anyhow::Error::new)
+            .and_then(|bytes| {
+                bazel_diff_format::write_atomic(path, &bytes).map_err(anyhow::Error::new)
+            });
+        if let Err(e) = written {
+            eprintln!(
+                "bazel-diff-snap: error: writing the report {}: {e:#}",
+                path.display()
+            );
+            return EXIT_ERROR;
+        }
+    }
+    code
+}
+
+/// `resolve`: the choice consume would make, as JSON on stdout.
+pub fn resolve_only(args: &ResolveArgs) -> Result<()> {
+    let ctx = Context::new(
+        &args.common.workspace,
+        &args.common.store,
+        tool_for(&args.common, Vec::new()),
+    )?;
+    let driver = make_driver(&args.common).map_err(anyhow::Error::new)?;
+    let _worktree = ctx.lock_worktree()?;
+    let mut report = Report {
+        driver: driver.kind().into(),
+        ..Report::default()
+    };
+    let mut phases = Phases::start();
+    let chosen = choose(
+        &ctx,
+        driver.as_ref(),
+        &args.selection,
+        &mut report,
+        &mut phases,
+    );
+    let out = match chosen {
+        Ok((key, base, target)) => json!({
+            "usable": true,
+            "entry": ctx.store.entry_path(&key),
+            "entry_base_sha": key.base_sha(),
+            "base_sha": base,
+            "base_source": report.base_source,
+            "target_sha": target,
+            "distance": report.distance,
+            "store_key": report.store_key,
+            "fingerprint": report.fingerprint,
+            "skipped": report.skipped,
+        }),
+        Err(e) => match e.downcast_ref::<NoSnapshot>() {
+            Some(reason) => json!({
+                "usable": false,
+                "reason": reason.0,
+                "target_sha": report.target_sha,
+                "store_key": report.store_key,
+                "fingerprint": report.fingerprint,
+                "skipped": report.skipped,
+            }),
+            None => return Err(e),
+        },
+    };
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &out)?;
+    std::io::Write::write_all(&mut stdout, b"\n")?;
+    Ok(())
+}

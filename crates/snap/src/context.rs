@@ -1,0 +1,56 @@
+//! What every subcommand works with: the user's repository (read-only to us), the store, the
+//! bazel-diff binary, and the store's worktree where checkouts and Bazel runs happen.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use bazel_diff_store::{FileLock, Store};
+use sha2::{Digest, Sha256};
+
+use crate::git::Repo;
+use crate::tool::BazelDiff;
+
+pub struct Context {
+    pub repo: Repo,
+    pub store: Store,
+    pub tool: BazelDiff,
+    /// `<store>/.work/<repo id>`: worktree, Bazel output roots, scratch files.
+    pub work: PathBuf,
+    /// A detached worktree of the user's repository; the user's checkout is never touched.
+    pub worktree: PathBuf,
+}
+
+impl Context {
+    pub fn new(
+        workspace: &std::path::Path,
+        store: &std::path::Path,
+        tool: BazelDiff,
+    ) -> Result<Self> {
+        let repo = Repo::open(workspace)?;
+        let store = Store::open(store)?;
+        let id = Sha256::digest(repo.common_dir()?.to_string_lossy().as_bytes());
+        let work = store.root().join(".work").join(&hex::encode(id)[..16]);
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        Ok(Context {
+            worktree: work.join("worktree"),
+            repo,
+            store,
+            tool,
+            work,
+        })
+    }
+
+    /// Serializes use of the worktree (checkouts and the Bazel servers working on it).
+    pub fn lock_worktree(&self) -> Result<FileLock> {
+        FileLock::exclusive(&self.work.join("worktree.lock"), None)
+            .context("locking the store's worktree")
+    }
+
+    /// A fresh scratch directory for one run, removed when dropped.
+    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&self.work)
+            .with_context(|| format!("creating a scratch directory in {}", self.work.display()))
+    }
+}

@@ -1,0 +1,127 @@
+//! Drivers: where the warm Bazel server lives. `local` keeps it on this host; `firecracker`
+//! (its own module) keeps it in a microVM snapshot. Both sit behind [`Driver`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::context::Context as Ctx;
+
+/// Why a driver cannot serve a snapshot on this host (maps to exit 2, cold fallback).
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "driver unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// The hash files a consume produced, in a scratch directory of the run.
+pub struct ConsumeHashes {
+    pub base: PathBuf,
+    pub target: PathBuf,
+    /// Driver observations for the report (e.g. whether the server was still warm).
+    pub notes: Value,
+}
+
+/// What a consume needs hashed.
+pub struct ConsumePlan<'a> {
+    pub fingerprint: &'a str,
+    /// The entry's directory (read-only) and base commit.
+    pub entry_dir: &'a Path,
+    pub entry_base: &'a str,
+    /// The base to diff against; stored base hashes are used only when it equals the entry's.
+    pub base: &'a str,
+    pub target: &'a str,
+    /// Where to put the hash files.
+    pub scratch: &'a Path,
+}
+
+pub trait Driver {
+    fn kind(&self) -> &'static str;
+
+    /// Checks the host can run this driver at all.
+    fn check_available(&self) -> Result<(), Unavailable>;
+
+    /// Digest of everything besides the bazel-diff fingerprint that must match for an entry
+    /// to be usable (VM config, images...); `None` when nothing does (local driver).
+    fn key_material(&self) -> Result<Option<String>>;
+
+    /// Records `base` into `staging` (`base_hashes.json` and driver state); returns the
+    /// driver's metadata. The worktree is checked out at `base` and locked by the caller.
+    fn record(&self, ctx: &Ctx, fingerprint: &str, base: &str, staging: &Path) -> Result<Value>;
+
+    /// Computes head (and, when needed, base) hashes for a consume.
+    fn consume(&self, ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<ConsumeHashes>;
+}
+
+/// No VM: the warm server is a Bazel server on this host with its own output root per
+/// fingerprint (`<store>/.work/<repo>/bazel/<fingerprint>`), working on the store's
+/// worktree, so consume reuses the server (or at least its on-disk state) left by record.
+pub struct LocalDriver;
+
+impl LocalDriver {
+    fn startup(ctx: &Ctx, fingerprint: &str) -> Vec<String> {
+        vec![format!(
+            "--output_user_root={}",
+            ctx.work.join("bazel").join(fingerprint).display()
+        )]
+    }
+}
+
+impl Driver for LocalDriver {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn check_available(&self) -> Result<(), Unavailable> {
+        Ok(())
+    }
+
+    fn key_material(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    fn record(&self, ctx: &Ctx, fingerprint: &str, _base: &str, staging: &Path) -> Result<Value> {
+        let startup = Self::startup(ctx, fingerprint);
+        // warmup's own fingerprint includes our output root; the entry keeps the key's.
+        let scratch_fingerprint = ctx.work.join("warmup-fingerprint.json");
+        ctx.tool.warmup(
+            &ctx.worktree,
+            &startup,
+            &staging.join("base_hashes.json"),
+            &scratch_fingerprint,
+        )?;
+        crate::failpoint::hit("after-warmup");
+        Ok(json!({ "output_user_root": startup[0].trim_start_matches("--output_user_root=") }))
+    }
+
+    fn consume(&self, ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<ConsumeHashes> {
+        let startup = Self::startup(ctx, plan.fingerprint);
+        let base_hashes = if plan.base == plan.entry_base {
+            plan.entry_dir.join("base_hashes.json")
+        } else {
+            // The entry is an older ancestor: its stored hashes are not the requested base's.
+            ctx.repo.checkout_worktree(&ctx.worktree, plan.base)?;
+            let path = plan.scratch.join("base_hashes.json");
+            ctx.tool
+                .generate_hashes(&ctx.worktree, &startup, &path)
+                .context("hashing the requested base on the warm server")?;
+            path
+        };
+        ctx.repo.checkout_worktree(&ctx.worktree, plan.target)?;
+        let target = plan.scratch.join("target_hashes.json");
+        ctx.tool
+            .generate_hashes(&ctx.worktree, &startup, &target)
+            .context("hashing the target on the warm server")?;
+        Ok(ConsumeHashes {
+            base: base_hashes,
+            target,
+            notes: json!({ "base_hashes_from": if plan.base == plan.entry_base { "entry" } else { "warm server" } }),
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! `bazel-diff-snap`: record a warm Bazel server per base revision, consume it at PR time.
+//!
+//! Exit codes (a contract CI scripts test, kept from upstream where it had one):
+//! 0 = done (consume: impacted set written); 2 = consume found no usable snapshot or could
+//! not use it, nothing written: run the cold path; 1 = any real error, including bad flags.
+
+mod admin;
+mod consume;
+mod context;
+mod driver;
+mod failpoint;
+mod git;
+mod record;
+mod report;
+mod resolve;
+mod tool;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_NO_SNAPSHOT: u8 = 2;
+
+/// The version recorded in entries.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bazel-diff-snap",
+    version,
+    about = "Record warm Bazel servers per base revision; consume them for fast impacted targets.",
+    long_about = "Record warm Bazel servers per base revision; consume them for fast impacted targets.\n\n\
+        Exit codes: 0 done (consume: impacted targets written); 2 no usable snapshot \
+        (nothing written: run the cold path, or pass --fallback cold); 1 any other error, \
+        including bad flags."
+)]
+struct Cli {
+    /// Log decisions to stderr (-vv for debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Warm Bazel at a base commit and publish a store entry for it.
+    Record(RecordArgs),
+    /// Impacted targets for a target commit from the nearest usable snapshot.
+    Consume(ConsumeArgs),
+    /// Print which entry consume would use, as JSON, without running anything.
+    Resolve(ResolveArgs),
+    /// List the store's entries.
+    List(ListArgs),
+    /// Check every entry's digests; --fix removes corrupt entries.
+    Verify(VerifyArgs),
+    /// Remove old entries by count, age or total size (entries in use are kept).
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DriverKind {
+    Local,
+    Firecracker,
+}
+
+/// Flags shared by record, consume and resolve (upstream's `registerCommon`).
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// The git repository (a Bazel workspace). Never modified: work happens in a worktree
+    /// inside the store.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: PathBuf,
+    /// The snapshot store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Bazel binary.
+    #[arg(long, default_value = "bazel", value_name = "PATH")]
+    pub bazel: PathBuf,
+    /// bazel-diff binary (default: the one next to this program, else on PATH).
+    #[arg(long = "bazel-diff", value_name = "PATH")]
+    pub bazel_diff: Option<PathBuf>,
+    /// Where the warm server lives.
+    #[arg(long, value_enum, default_value_t = DriverKind::Local)]
+    pub driver: DriverKind,
+    /// Extra bazel-diff flag for fingerprint, warmup and generate-hashes (repeatable), e.g.
+    /// `--flag=--excludeExternalTargets`.
+    #[arg(long = "flag", value_name = "FLAG", allow_hyphen_values = true)]
+    pub flags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The base commit to snapshot (any revision git can resolve; stored by full sha).
+    #[arg(long = "base-sha", value_name = "REV")]
+    pub base_sha: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Selection {
+    /// The commit to compute impacted targets for.
+    #[arg(long = "target-sha", value_name = "REV")]
+    pub target_sha: String,
+    /// The diff base. Without it the chosen entry's base is used (upstream behaviour) and
+    /// the report says so; with it the answer depends only on (base, target).
+    #[arg(long = "base-sha", value_name = "REV")]
+    pub base_sha: Option<String>,
+    /// Ignore entries more than this many commits behind the base.
+    #[arg(long = "max-distance", default_value_t = 1000, value_name = "COMMITS")]
+    pub max_distance: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Fallback {
+    /// Exit 2 so the caller runs its cold path.
+    None,
+    /// Run the cold path here (needs --base-sha) and say so on stderr.
+    Cold,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Where to write the impacted targets (as get-impacted-targets does).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Also write a JSON report: chosen entry, distance, key components, phase timings,
+    /// fallback reason.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// What to do without a usable snapshot.
+    #[arg(long, value_enum, default_value_t = Fallback::None)]
+    pub fallback: Fallback,
+    /// Extra flag for get-impacted-targets (repeatable), e.g. `--impacted-flag=-tt=Rule`.
+    #[arg(
+        long = "impacted-flag",
+        value_name = "FLAG",
+        allow_hyphen_values = true
+    )]
+    pub impacted_flags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Remove the corrupt entries found.
+    #[arg(long)]
+    pub fix: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Keep the newest N entries of each fingerprint.
+    #[arg(long = "keep-per-fingerprint", value_name = "N")]
+    pub keep_per_fingerprint: Option<usize>,
+    /// Remove entries older than this (e.g. 7d, 12h, 1d12h).
+    #[arg(long = "max-age", value_name = "DURATION")]
+    pub max_age: Option<String>,
+    /// Remove oldest entries until the store is at most this big (e.g. 50GB).
+    #[arg(long = "max-bytes", value_name = "SIZE")]
+    pub max_bytes: Option<String>,
+    /// Print what would be removed without removing it.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Go's flag package (upstream) accepts `-workspace` as well as `--workspace`.
+fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const LONG: [&str; 14] = [
+        "workspace",
+        "store",
+        "bazel",
+        "bazel-diff",
+        "driver",
+        "flag",
+        "base-sha",
+        "target-sha",
+        "out",
+        "json",
+        "max-distance",
+        "fallback",
+        "fix",
+        "dry-run",
+    ];
+    args.into_iter()
+        .map(|arg| {
+            let text = arg.to_string_lossy();
+            let name = text.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+            match name {
+                Some(rest) if LONG.contains(&rest.split('=').next().unwrap_or(rest)) => {
+                    OsString::from(format!("-{text}"))
+                }
+                _ => arg,
+            }
+        })
+        .collect()
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAZEL_DIFF_SNAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are not errors; bad flags are exit 1, never 2 (which means
+            // "fall back to cold" to CI scripts: upstream finding F10).
+            return ExitCode::from(if e.use_stderr() { EXIT_ERROR } else { EXIT_OK });
+        }
+    };
+    init_logging(cli.verbose);
+    let code = match cli.command {
+        Command::Record(args) => report_error(record::run(&args)),
+        Command::Consume(args) => consume::run(&args),
+        Command::Resolve(args) => report_error(consume::resolve_only(&args)),
+        Command::List(args) => report_error(admin::list(&args)),
+        Command::Verify(args) => admin::verify(&args),
+        Command::Gc(args) => report_error(admin::gc(&args)),
+    };
+    ExitCode::from(code)
+}
+
+fn report_error(result: anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("bazel-diff-snap: error: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_single_dash_flags_are_accepted() {
+        let args: Vec<OsString> = ["x", "-workspace", "/w", "-store=/s", "-v", "--flag", "-k"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let got: Vec<String> = normalize_args(args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            got,
+            ["x", "--workspace", "/w", "--store=/s", "-v", "--flag", "-k"]
+        );
+    }
+}

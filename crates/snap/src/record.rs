@@ -1,0 +1,99 @@
+//! `record`: warm Bazel at a base commit in the store's worktree and publish the entry.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use bazel_diff_fingerprint::Fingerprint;
+use bazel_diff_store::{EntryKey, MetadataInput, Published};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::{failpoint, RecordArgs, VERSION};
+
+/// The store key: the bazel-diff fingerprint, combined with the driver's key material when
+/// the driver has any (so entries of different VM configurations never mix).
+pub fn store_key(fingerprint: &str, driver_material: Option<&str>) -> String {
+    match driver_material {
+        None => fingerprint.to_owned(),
+        Some(material) => {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for part in [fingerprint, material] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+            hex::encode(h.finalize())
+        }
+    }
+}
+
+/// The fingerprint of the worktree's current checkout.
+pub fn fingerprint_of_worktree(ctx: &Context) -> Result<(String, Fingerprint)> {
+    let json = ctx.tool.fingerprint(&ctx.worktree)?;
+    let parsed = Fingerprint::from_json(&json).context("reading bazel-diff's fingerprint")?;
+    Ok((json, parsed))
+}
+
+pub fn run(args: &RecordArgs) -> Result<()> {
+    let started = Instant::now();
+    let ctx = Context::new(
+        &args.common.workspace,
+        &args.common.store,
+        crate::consume::tool_for(&args.common, Vec::new()),
+    )?;
+    let driver = crate::consume::make_driver(&args.common).map_err(anyhow::Error::new)?;
+    driver.check_available().map_err(anyhow::Error::new)?;
+    let base = ctx.repo.commit(&args.base_sha)?;
+    let _worktree = ctx.lock_worktree()?;
+    ctx.repo.checkout_worktree(&ctx.worktree, &base)?;
+    let (fingerprint_json, fingerprint) = fingerprint_of_worktree(&ctx)?;
+    let material = driver.key_material()?;
+    let key_hex = store_key(&fingerprint.fingerprint, material.as_deref());
+    let key = EntryKey::new(&key_hex, &base)?;
+    if ctx.store.contains(&key)? {
+        eprintln!("bazel-diff-snap: {base} is already recorded for this fingerprint ({key_hex}); nothing to do");
+        return Ok(());
+    }
+    let staging = ctx.store.begin(&key)?;
+    if staging.entry_exists()? {
+        eprintln!(
+            "bazel-diff-snap: another record published {base} while we waited; nothing to do"
+        );
+        return Ok(());
+    }
+    failpoint::hit("after-begin");
+    let warm_started = Instant::now();
+    let driver_state = driver.record(&ctx, &key_hex, &base, staging.path())?;
+    let warmup_secs = warm_started.elapsed().as_secs_f64();
+    std::fs::write(staging.path().join("fingerprint.json"), &fingerprint_json)
+        .context("writing fingerprint.json into the staging entry")?;
+    failpoint::hit("before-publish");
+    let metadata = MetadataInput::new(VERSION, driver.kind())
+        .with_extra("bazel_diff_fingerprint", fingerprint.fingerprint.clone())
+        .with_extra(
+            "fingerprint_components",
+            fingerprint
+                .components
+                .iter()
+                .map(|(name, hex)| (name.clone(), json!(hex)))
+                .collect::<serde_json::Map<_, _>>(),
+        )
+        .with_extra("driver_state", driver_state)
+        .with_extra("driver_key_material", json!(material))
+        .with_extra(
+            "timings",
+            json!({ "warmup_s": warmup_secs, "total_s": started.elapsed().as_secs_f64() }),
+        );
+    match staging.publish(metadata)? {
+        Published::Created { path, .. } => {
+            eprintln!("bazel-diff-snap: recorded {base} as {}", path.display());
+        }
+        Published::AlreadyExisted { path } => {
+            eprintln!(
+                "bazel-diff-snap: another record published {} first; kept it",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
