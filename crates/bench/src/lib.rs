@@ -10,6 +10,7 @@ pub mod measure;
 pub mod mutate;
 pub mod repo;
 pub mod rng;
+pub mod snapshot;
 
 pub use error::{BenchError, Result};
 pub use gen::{generate, GenConfig, GenSummary};

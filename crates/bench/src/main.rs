@@ -32,6 +32,31 @@ enum Command {
     /// Measure generate-hashes against the bare query it runs on one warm server, its peak
     /// RSS, and get-impacted-targets, at each size; prints a table and JSON.
     Hashing(HashingArgs),
+    /// Cold vs warm vs snapshot consume (local driver) on the same revisions; fails unless
+    /// every mode's impacted set is byte-identical to cold's. Prints a table and JSON.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// Workspace sizes (approximate target counts), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "15000,150000")]
+    sizes: Vec<usize>,
+    /// Scratch directory (large: several GB at 150k).
+    #[arg(long, default_value = "/tmp/bazel-diff-bench")]
+    work_dir: PathBuf,
+    #[arg(long, default_value = "bazel")]
+    bazel: PathBuf,
+    #[arg(long, default_value = "target/release/bazel-diff")]
+    bazel_diff: PathBuf,
+    #[arg(long, default_value = "target/release/bazel-diff-snap")]
+    bazel_diff_snap: PathBuf,
+    /// The change between base and head (repeatable), e.g. content:1, build-edit:2.
+    #[arg(long = "mutation", value_name = "KIND[:K]", default_value = "content:1")]
+    mutations: Vec<Mutation>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -113,6 +138,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Gen(args) => cmd_gen(args),
         Command::Hashing(args) => cmd_hashing(args),
+        Command::Snapshot(args) => cmd_snapshot(args),
     }
 }
 
@@ -181,14 +207,53 @@ fn cmd_gen(a: GenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
-    let absolute = |p: PathBuf| -> anyhow::Result<PathBuf> {
-        Ok(if p.components().count() > 1 && p.is_relative() {
-            std::env::current_dir()?.join(p)
-        } else {
-            p
-        })
+/// Makes a relative path with a directory part absolute (a bare name is looked up on PATH).
+fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
+    Ok(if p.components().count() > 1 && p.is_relative() {
+        std::env::current_dir()?.join(p)
+    } else {
+        p
+    })
+}
+
+fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
+    let bench = bazel_diff_bench::snapshot::SnapshotBench {
+        sizes: a.sizes,
+        work_dir: absolute(a.work_dir)?,
+        bazel: a.bazel,
+        bazel_diff: absolute(a.bazel_diff)?,
+        bazel_diff_snap: absolute(a.bazel_diff_snap)?,
+        mutations: a.mutations,
     };
+    let reports = bench.run_all(|msg| eprintln!("[bench] {msg}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "targets", "impacted", "cold", "warm", "consume", "record", "cold/cons", "identical"
+    )?;
+    for r in &reports {
+        writeln!(
+            out,
+            "{:>8} {:>9} {:>8.2}s {:>8.2}s {:>8.2}s {:>9.2}s {:>9.1}x {:>10}",
+            r.targets,
+            r.impacted_targets,
+            r.cold.total_s,
+            r.warm.total_s,
+            r.consume.total_s,
+            r.record_s,
+            r.cold_over_consume,
+            r.identical
+        )?;
+    }
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
     let bench = bazel_diff_bench::hashing::HashingBench {
         sizes: a.sizes,
         runs: a.runs.max(1),
