@@ -294,17 +294,9 @@ pub struct FingerprintArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ImpactedArgs {
-    /// Workspace (only used when Bazel is really needed: module-graph changes).
-    #[arg(short = 'w', long = "workspacePath", value_name = "PATH")]
-    pub workspace_path: PathBuf,
-    /// Bazel binary.
-    #[arg(
-        short = 'b',
-        long = "bazelPath",
-        value_name = "PATH",
-        default_value = "bazel"
-    )]
-    pub bazel_path: PathBuf,
+    /// Workspace and Bazel: only used when Bazel is really needed (module-graph changes).
+    #[command(flatten)]
+    pub workspace: WorkspaceArgs,
     /// Startup options for the Bazel calls made here (split on spaces, repeatable).
     #[arg(
         long = "bazelStartupOptions",

@@ -67,8 +67,11 @@ pub fn run(args: &ImpactedArgs) -> Result<()> {
             bzlmod
         },
     };
-    let bazel = Bazel::new(&args.bazel_path, normalize_path(&args.workspace_path))
-        .with_startup_options(space_list(&args.bazel_startup_options));
+    let bazel = Bazel::new(
+        &args.workspace.bazel_path,
+        normalize_path(&args.workspace.workspace_path),
+    )
+    .with_startup_options(space_list(&args.bazel_startup_options));
     let rdeps = |repos: &[String]| rdeps_query(&bazel, repos);
     let mut out = Output::from_arg(args.output.as_deref())?;
     match &dep_edges {
