@@ -132,6 +132,11 @@ pub fn gc(args: &GcArgs) -> Result<()> {
         dry_run: args.dry_run,
     };
     let report = store.gc(&policy, SystemTime::now())?;
+    let servers = if args.dry_run {
+        Vec::new()
+    } else {
+        retire_servers(&store, &args.bazel)?
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -148,6 +153,9 @@ pub fn gc(args: &GcArgs) -> Result<()> {
         for e in &report.skipped_in_use {
             writeln!(out, "in use, kept {}", e.path.display())?;
         }
+        for dir in &servers {
+            writeln!(out, "retired Bazel output root {}", dir.display())?;
+        }
         writeln!(
             out,
             "{verb} {} entries, {} freed, {} remaining",
@@ -157,4 +165,55 @@ pub fn gc(args: &GcArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The local driver keeps a Bazel output root (and server) per fingerprint; once no entry of
+/// a fingerprint is left, its server is shut down and its output root deleted. Holds each
+/// worktree's lock, so no record or consume is using them meanwhile.
+fn retire_servers(store: &Store, bazel: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let live: std::collections::HashSet<String> = store.fingerprints()?.into_iter().collect();
+    let mut retired = Vec::new();
+    let Ok(work_dirs) = std::fs::read_dir(store.root().join(".work")) else {
+        return Ok(retired);
+    };
+    for work in work_dirs.flatten().map(|e| e.path()) {
+        let Ok(roots) = std::fs::read_dir(work.join("bazel")) else {
+            continue;
+        };
+        let _lock = bazel_diff_store::FileLock::exclusive(&work.join("worktree.lock"), None)?;
+        for root in roots.flatten().map(|e| e.path()) {
+            let fingerprint = root.file_name().map(|n| n.to_string_lossy().into_owned());
+            if fingerprint.is_some_and(|fp| live.contains(&fp)) {
+                continue;
+            }
+            let shutdown = std::process::Command::new(bazel)
+                .arg(format!("--output_user_root={}", root.display()))
+                .arg("shutdown")
+                .current_dir(work.join("worktree"))
+                .stdin(std::process::Stdio::null())
+                .output();
+            if let Err(e) = shutdown {
+                tracing::warn!("shutting down the server of {}: {e}", root.display());
+            }
+            make_writable(&root);
+            std::fs::remove_dir_all(&root)
+                .with_context(|| format!("removing {}", root.display()))?;
+            retired.push(root);
+        }
+    }
+    Ok(retired)
+}
+
+/// Bazel leaves read-only directories in its output base; deletion needs write permission.
+fn make_writable(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            make_writable(&entry.path());
+        }
+    }
 }
