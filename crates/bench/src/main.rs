@@ -52,7 +52,11 @@ struct SnapshotArgs {
     #[arg(long, default_value = "target/release/bazel-diff-snap")]
     bazel_diff_snap: PathBuf,
     /// The change between base and head (repeatable), e.g. content:1, build-edit:2.
-    #[arg(long = "mutation", value_name = "KIND[:K]", default_value = "content:1")]
+    #[arg(
+        long = "mutation",
+        value_name = "KIND[:K]",
+        default_value = "content:1"
+    )]
     mutations: Vec<Mutation>,
     /// Also write the report as JSON here.
     #[arg(long)]

@@ -83,10 +83,14 @@ impl SnapshotBench {
 
     fn impacted(&self, ws: &Path, base: &Path, head: &Path, out: &Path) -> Result<Duration> {
         let mut cmd = Command::new(&self.bazel_diff);
-        cmd.arg("get-impacted-targets")
-            .arg("-w")
-            .arg(ws)
-            .args([Path::new("-sh"), base, Path::new("-fh"), head, Path::new("-o"), out]);
+        cmd.arg("get-impacted-targets").arg("-w").arg(ws).args([
+            Path::new("-sh"),
+            base,
+            Path::new("-fh"),
+            head,
+            Path::new("-o"),
+            out,
+        ]);
         run(cmd, None).map(|s| s.wall)
     }
 
@@ -109,7 +113,10 @@ impl SnapshotBench {
         base: &str,
         head: &str,
     ) -> Result<(ModeTimes, PathBuf)> {
-        let (base_json, head_json) = (out.join(format!("{name}-base.json")), out.join(format!("{name}-head.json")));
+        let (base_json, head_json) = (
+            out.join(format!("{name}-base.json")),
+            out.join(format!("{name}-head.json")),
+        );
         let impacted = out.join(format!("{name}-impacted.txt"));
         self.git(ws, &["checkout", "--quiet", base])?;
         let b = self.generate(ws, root, &base_json)?;
@@ -190,7 +197,11 @@ impl SnapshotBench {
         // The local driver's server stays warm for the next consume; stop it here.
         if let Ok(roots) = std::fs::read_dir(store.join(".work")) {
             for repo in roots.flatten() {
-                for fp in std::fs::read_dir(repo.path().join("bazel")).into_iter().flatten().flatten() {
+                for fp in std::fs::read_dir(repo.path().join("bazel"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     self.shutdown(&repo.path().join("worktree"), &fp.path());
                 }
             }
