@@ -389,6 +389,7 @@ pub fn hash_workspace(settings: &GenerateSettings) -> Result<Vec<HashedTarget>> 
     } else {
         query_mode(settings, &progress)?
     };
+    crate::workers::full_speed();
     let queried = started.elapsed();
     if builder.skipped() > 0 {
         tracing::info!(

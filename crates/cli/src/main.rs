@@ -8,6 +8,7 @@ mod generate;
 mod impacted;
 mod output;
 mod progress;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -36,20 +37,10 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Hashing workers run in the SCHED_IDLE class: while Bazel streams the query its threads
-/// need the CPU more than we do (on a 2-core machine our workers otherwise slow the query
-/// itself, measured ~15%), and once it is done nothing else competes with them.
 fn init_thread_pool() {
     let _ = rayon::ThreadPoolBuilder::new()
         .thread_name(|i| format!("hash-worker-{i}"))
-        .start_handler(|_| {
-            // SAFETY: plain syscalls on the calling thread; failure only means normal priority.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
-                let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param);
-            }
-        })
+        .start_handler(|_| workers::set_current_thread(workers::Priority::YieldToBazel))
         .build_global();
 }
 
