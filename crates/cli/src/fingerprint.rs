@@ -14,8 +14,14 @@ use crate::args::{
 use crate::generate::{check_workspace, global_seed, hash_workspace, GenerateSettings};
 use crate::output::{write_bytes, write_hashes};
 
-/// The tool version that goes into the fingerprint.
-pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The tool version that goes into the fingerprint: the release and the hashing algorithm.
+fn tool_version() -> String {
+    format!(
+        "{} (hash algorithm {})",
+        env!("CARGO_PKG_VERSION"),
+        bazel_diff_hash::ALGORITHM_VERSION
+    )
+}
 
 fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
@@ -85,7 +91,7 @@ pub fn compute(
     // Bazels share snapshots.
     let identity = bazel_identity(bazel, workspace)
         .with_context(|| format!("identifying the Bazel binary {}", bazel.display()))?;
-    gather(workspace, &identity.label, TOOL_VERSION, &flags)
+    gather(workspace, &identity.label, &tool_version(), &flags)
         .with_context(|| format!("fingerprinting workspace {}", workspace.display()))
 }
 

@@ -22,6 +22,10 @@ use std::path::PathBuf;
 pub use graph::{GraphBuilder, HashedTarget, TargetKind};
 pub use source::{exec_byte, file_digest_key, SourceHasher};
 
+/// Bumped whenever a change here can change any hash value: it is part of the tool version
+/// the snapshot fingerprint covers, so snapshots recorded by an older engine are never reused.
+pub const ALGORITHM_VERSION: u32 = 1;
+
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 
