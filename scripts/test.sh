@@ -24,6 +24,10 @@ cargo fmt --all -- --check || fail "formatting (fix with: cargo fmt --all)"
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings || fail "clippy"
 
+# End-to-end tests drive the binaries of other packages (bazel-diff-snap runs bazel-diff).
+step "cargo build --workspace --bins"
+cargo build --workspace --bins || fail "cargo build --workspace --bins"
+
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: run those first, so the suite's closing lines are nextest's.
   step "cargo test --workspace --doc"

@@ -145,6 +145,15 @@ pub struct QueryFlags {
         allow_hyphen_values = true
     )]
     pub bazel_startup_options: Vec<String>,
+    /// One startup option, taken whole (not split on spaces, so paths may contain them);
+    /// repeatable, placed after `-so`'s. Not part of the fingerprint: it says where Bazel
+    /// keeps its state, not what the query returns.
+    #[arg(
+        long = "bazelStartupOption",
+        value_name = "OPTION",
+        allow_hyphen_values = true
+    )]
+    pub bazel_startup_option: Vec<String>,
     /// Extra options for `bazel query`, split on spaces (repeatable).
     #[arg(
         long = "bazelCommandOptions",
@@ -195,6 +204,15 @@ pub struct QueryFlags {
     pub keep_going: bool,
     #[arg(long = "no-keep_going", hide = true)]
     pub no_keep_going: bool,
+}
+
+impl QueryFlags {
+    /// Every startup option: `-so` lists split on spaces, then the unsplit ones.
+    pub fn startup_options(&self) -> Vec<String> {
+        let mut options = space_list(&self.bazel_startup_options);
+        options.extend(self.bazel_startup_option.iter().cloned());
+        options
+    }
 }
 
 #[derive(Args, Debug, Clone)]

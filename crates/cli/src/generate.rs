@@ -120,7 +120,7 @@ impl GenerateSettings {
     pub fn from_args(args: &GenerateHashesArgs) -> Result<Self> {
         let workspace = check_workspace(&args.workspace.workspace_path)?;
         let bazel = Bazel::new(&args.workspace.bazel_path, &workspace)
-            .with_startup_options(space_list(&args.query.bazel_startup_options));
+            .with_startup_options(args.query.startup_options());
         let mut fine_grained_repos = comma_set(&args.query.fine_grained_hash_external_repos);
         if let Some(file) = &args.inputs.fine_grained_hash_external_repos_file {
             if !fine_grained_repos.is_empty() {

@@ -135,7 +135,7 @@ pub fn gc(args: &GcArgs) -> Result<()> {
     let servers = if args.dry_run {
         Vec::new()
     } else {
-        retire_servers(&store, &args.bazel)?
+        retire_servers(&store)?
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -168,10 +168,11 @@ pub fn gc(args: &GcArgs) -> Result<()> {
 }
 
 /// The local driver keeps a Bazel output root (and server) per fingerprint; once no entry of
-/// a fingerprint is left, its server is shut down and its output root deleted. Holds each
-/// worktree's lock, so no record or consume is using them meanwhile.
-fn retire_servers(store: &Store, bazel: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
-    let live: std::collections::HashSet<String> = store.fingerprints()?.into_iter().collect();
+/// a fingerprint is left, its server is stopped and its output root deleted. Each worktree's
+/// lock is held meanwhile (tried for a few seconds: a busy worktree is left for the next gc),
+/// and the live fingerprints are read under it, so a record publishing a new fingerprint
+/// cannot lose its server.
+fn retire_servers(store: &Store) -> Result<Vec<std::path::PathBuf>> {
     let mut retired = Vec::new();
     let Ok(work_dirs) = std::fs::read_dir(store.root().join(".work")) else {
         return Ok(retired);
@@ -180,21 +181,27 @@ fn retire_servers(store: &Store, bazel: &std::path::Path) -> Result<Vec<std::pat
         let Ok(roots) = std::fs::read_dir(work.join("bazel")) else {
             continue;
         };
-        let _lock = bazel_diff_store::FileLock::exclusive(&work.join("worktree.lock"), None)?;
+        let lock_path = work.join("worktree.lock");
+        let _lock = match bazel_diff_store::FileLock::exclusive(
+            &lock_path,
+            Some(std::time::Duration::from_secs(5)),
+        ) {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::info!(
+                    "worktree {} is busy, its servers are kept: {e}",
+                    work.display()
+                );
+                continue;
+            }
+        };
+        let live: std::collections::HashSet<String> = store.fingerprints()?.into_iter().collect();
         for root in roots.flatten().map(|e| e.path()) {
             let fingerprint = root.file_name().map(|n| n.to_string_lossy().into_owned());
             if fingerprint.is_some_and(|fp| live.contains(&fp)) {
                 continue;
             }
-            let shutdown = std::process::Command::new(bazel)
-                .arg(format!("--output_user_root={}", root.display()))
-                .arg("shutdown")
-                .current_dir(work.join("worktree"))
-                .stdin(std::process::Stdio::null())
-                .output();
-            if let Err(e) = shutdown {
-                tracing::warn!("shutting down the server of {}: {e}", root.display());
-            }
+            stop_servers(&root);
             make_writable(&root);
             std::fs::remove_dir_all(&root)
                 .with_context(|| format!("removing {}", root.display()))?;
@@ -202,6 +209,32 @@ fn retire_servers(store: &Store, bazel: &std::path::Path) -> Result<Vec<std::pat
         }
     }
     Ok(retired)
+}
+
+/// Stops the Bazel servers of an output user root by their pid files (`bazel shutdown`
+/// would need a workspace to run in).
+fn stop_servers(user_root: &std::path::Path) {
+    for base in std::fs::read_dir(user_root).into_iter().flatten().flatten() {
+        let pid_file = base.path().join("server/server.pid.txt");
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill(2) with a pid read from Bazel's own pid file.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        // Give the server a moment to exit before its files are removed.
+        for _ in 0..50 {
+            // SAFETY: signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 /// Bazel leaves read-only directories in its output base; deletion needs write permission.

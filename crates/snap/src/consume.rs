@@ -185,22 +185,39 @@ fn consume_with_snapshot(
     }));
     phases.mark(report, "verify");
     let scratch = ctx.scratch()?;
-    let hashes = driver.consume(
-        ctx,
-        &ConsumePlan {
-            fingerprint: key.fingerprint(),
-            entry_dir: entry.path(),
-            entry_base: key.base_sha(),
-            base: &base,
-            target: &target,
-            scratch: scratch.path(),
-        },
-    )?;
+    // A warm state that fails is a snapshot we could not use: exit 2 (or the cold path),
+    // never a hard error the caller would not retry cold (upstream finding F10).
+    let hashes = driver
+        .consume(
+            ctx,
+            &ConsumePlan {
+                fingerprint: key.fingerprint(),
+                entry_dir: entry.path(),
+                entry_base: key.base_sha(),
+                base: &base,
+                target: &target,
+                scratch: scratch.path(),
+            },
+        )
+        .map_err(|e| no_snapshot(format!("the {} driver failed: {e:#}", driver.kind())))?;
     report.driver_notes = Some(hashes.notes);
     phases.mark(report, "hash");
-    ctx.tool
-        .impacted(&ctx.worktree, &hashes.base, &hashes.target, &args.out)?;
+    let impacted = scratch.path().join("impacted.txt");
+    ctx.tool.impacted(
+        &ctx.bazel_workspace,
+        &hashes.base,
+        &hashes.target,
+        &impacted,
+    )?;
     phases.mark(report, "impacted");
+    publish_out(&impacted, &args.out)
+}
+
+/// Copies the result to `--out` atomically (the scratch directory may be on another
+/// filesystem).
+fn publish_out(result: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let bytes = std::fs::read(result).with_context(|| format!("reading {}", result.display()))?;
+    bazel_diff_format::write_atomic(out, &bytes)?;
     Ok(())
 }
 
@@ -227,16 +244,22 @@ fn consume_cold(ctx: &Context, args: &ConsumeArgs, report: &mut Report) -> Resul
     );
     ctx.repo.checkout_worktree(&ctx.worktree, &base)?;
     ctx.tool
-        .generate_hashes(&ctx.worktree, &startup, &base_hashes)?;
+        .generate_hashes(&ctx.bazel_workspace, &startup, &base_hashes)?;
     ctx.repo.checkout_worktree(&ctx.worktree, &target)?;
     ctx.tool
-        .generate_hashes(&ctx.worktree, &startup, &target_hashes)?;
-    ctx.tool
-        .impacted(&ctx.worktree, &base_hashes, &target_hashes, &args.out)?;
+        .generate_hashes(&ctx.bazel_workspace, &startup, &target_hashes)?;
+    let impacted = scratch.path().join("impacted.txt");
+    ctx.tool.impacted(
+        &ctx.bazel_workspace,
+        &base_hashes,
+        &target_hashes,
+        &impacted,
+    )?;
+    publish_out(&impacted, &args.out)?;
     let shutdown = std::process::Command::new(&ctx.tool.bazel)
         .arg(&startup[0])
         .arg("shutdown")
-        .current_dir(&ctx.worktree)
+        .current_dir(&ctx.bazel_workspace)
         .stdin(std::process::Stdio::null())
         .output();
     if let Err(e) = shutdown {
@@ -313,6 +336,10 @@ pub fn run(args: &ConsumeArgs) -> u8 {
                 "bazel-diff-snap: error: writing the report {}: {e:#}",
                 path.display()
             );
+            // Exit 1 promises nothing was written.
+            if code == EXIT_OK {
+                let _ = std::fs::remove_file(&args.out);
+            }
             return EXIT_ERROR;
         }
     }

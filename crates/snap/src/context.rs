@@ -18,6 +18,9 @@ pub struct Context {
     pub work: PathBuf,
     /// A detached worktree of the user's repository; the user's checkout is never touched.
     pub worktree: PathBuf,
+    /// The Bazel workspace inside the worktree (the worktree itself, or the subdirectory
+    /// `--workspace` names within the repository).
+    pub bazel_workspace: PathBuf,
 }
 
 impl Context {
@@ -27,12 +30,26 @@ impl Context {
         tool: BazelDiff,
     ) -> Result<Self> {
         let repo = Repo::open(workspace)?;
+        // Bazel refuses workspaces and output roots whose paths contain whitespace, and both
+        // live inside the store: refuse before any Bazel runs.
+        let absolute = std::path::absolute(store)
+            .with_context(|| format!("resolving the store path {}", store.display()))?;
+        if absolute.to_string_lossy().chars().any(char::is_whitespace) {
+            anyhow::bail!(
+                "the store path {:?} contains a space: Bazel cannot work in paths with spaces \
+                 (the store holds the worktree and Bazel's output roots); choose another --store",
+                absolute
+            );
+        }
         let store = Store::open(store)?;
         let id = Sha256::digest(repo.common_dir()?.to_string_lossy().as_bytes());
         let work = store.root().join(".work").join(&hex::encode(id)[..16]);
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let relative = repo.relative_path(workspace)?;
+        let worktree = work.join("worktree");
         Ok(Context {
-            worktree: work.join("worktree"),
+            bazel_workspace: worktree.join(relative),
+            worktree,
             repo,
             store,
             tool,

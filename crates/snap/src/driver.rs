@@ -91,7 +91,7 @@ impl Driver for LocalDriver {
         // warmup's own fingerprint includes our output root; the entry keeps the key's.
         let scratch_fingerprint = ctx.work.join("warmup-fingerprint.json");
         ctx.tool.warmup(
-            &ctx.worktree,
+            &ctx.bazel_workspace,
             &startup,
             &staging.join("base_hashes.json"),
             &scratch_fingerprint,
@@ -109,14 +109,14 @@ impl Driver for LocalDriver {
             ctx.repo.checkout_worktree(&ctx.worktree, plan.base)?;
             let path = plan.scratch.join("base_hashes.json");
             ctx.tool
-                .generate_hashes(&ctx.worktree, &startup, &path)
+                .generate_hashes(&ctx.bazel_workspace, &startup, &path)
                 .context("hashing the requested base on the warm server")?;
             path
         };
         ctx.repo.checkout_worktree(&ctx.worktree, plan.target)?;
         let target = plan.scratch.join("target_hashes.json");
         ctx.tool
-            .generate_hashes(&ctx.worktree, &startup, &target)
+            .generate_hashes(&ctx.bazel_workspace, &startup, &target)
             .context("hashing the target on the warm server")?;
         Ok(ConsumeHashes {
             base: base_hashes,

@@ -102,6 +102,21 @@ impl Repo {
             .with_context(|| format!("git rev-list --count {range} printed {text:?}"))
     }
 
+    /// Where `dir` (a directory inside this repository) is, relative to the top level.
+    pub fn relative_path(&self, dir: &Path) -> Result<PathBuf> {
+        let top = self
+            .dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", self.dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        Ok(dir
+            .strip_prefix(&top)
+            .map(Path::to_path_buf)
+            .unwrap_or_default())
+    }
+
     /// Git's common directory, which identifies the repository across its worktrees.
     pub fn common_dir(&self) -> Result<PathBuf> {
         let dir = stdout_of(&self.dir, &["rev-parse", "--git-common-dir"])?;
@@ -129,7 +144,8 @@ impl Repo {
                 std::fs::remove_dir_all(path)
                     .with_context(|| format!("removing stale worktree {}", path.display()))?;
             }
-            let _ = run(&self.dir, &["worktree", "prune"]);
+            // --force also reuses a registration whose directory is gone; no `worktree prune`,
+            // which would drop the user's own stale registrations too.
             let target = path.to_string_lossy();
             stdout_of(
                 &self.dir,

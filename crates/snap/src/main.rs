@@ -195,9 +195,6 @@ pub struct GcArgs {
     pub dry_run: bool,
     #[arg(long)]
     pub json: bool,
-    /// Bazel binary, to shut down the servers of fingerprints that no longer have entries.
-    #[arg(long, default_value = "bazel", value_name = "PATH")]
-    pub bazel: PathBuf,
 }
 
 /// Go's flag package (upstream) accepts `-workspace` as well as `--workspace`.

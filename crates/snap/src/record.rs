@@ -27,9 +27,35 @@ pub fn store_key(fingerprint: &str, driver_material: Option<&str>) -> String {
     }
 }
 
+/// An existing entry that fails verification is removed so it can be recorded again;
+/// returns whether it was removed (false: the entry is sound).
+fn replace_if_corrupt(ctx: &Context, key: &EntryKey) -> Result<bool> {
+    let problems = match ctx.store.open_entry(key) {
+        Ok(entry) => entry
+            .verify()?
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        Err(e) => vec![e.to_string()],
+    };
+    if problems.is_empty() {
+        return Ok(false);
+    }
+    eprintln!(
+        "bazel-diff-snap: the existing entry is corrupt ({}); recording it again",
+        problems.join("; ")
+    );
+    match ctx.store.remove(key)? {
+        bazel_diff_store::Removed::InUse => {
+            anyhow::bail!("the corrupt entry {key} is in use; try again when its consume is done")
+        }
+        _ => Ok(true),
+    }
+}
+
 /// The fingerprint of the worktree's current checkout.
 pub fn fingerprint_of_worktree(ctx: &Context) -> Result<(String, Fingerprint)> {
-    let json = ctx.tool.fingerprint(&ctx.worktree)?;
+    let json = ctx.tool.fingerprint(&ctx.bazel_workspace)?;
     let parsed = Fingerprint::from_json(&json).context("reading bazel-diff's fingerprint")?;
     Ok((json, parsed))
 }
@@ -50,7 +76,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     let material = driver.key_material()?;
     let key_hex = store_key(&fingerprint.fingerprint, material.as_deref());
     let key = EntryKey::new(&key_hex, &base)?;
-    if ctx.store.contains(&key)? {
+    if ctx.store.contains(&key)? && !replace_if_corrupt(&ctx, &key)? {
         eprintln!("bazel-diff-snap: {base} is already recorded for this fingerprint ({key_hex}); nothing to do");
         return Ok(());
     }

@@ -95,7 +95,8 @@ impl BazelDiff {
 fn startup_args(startup: &[String]) -> Vec<OsString> {
     startup
         .iter()
-        .flat_map(|o| [OsString::from("-so"), OsString::from(o)])
+        // Our bazel-diff's unsplit form: a store path may contain spaces.
+        .flat_map(|o| [OsString::from("--bazelStartupOption"), OsString::from(o)])
         .collect()
 }
 

@@ -240,7 +240,6 @@ fn concurrent_records_publish_once_and_gc_spares_the_entry_a_consume_uses() {
 /// saw as dead: it shuts down the server the record just warmed and deletes its output root.
 /// The entry is published and valid, but its warm state is gone, so the next consume is cold.
 #[test]
-#[ignore = "bug: gc racing the first record of a fingerprint retires the server that record just warmed"]
 fn gc_during_the_first_record_of_a_fingerprint_keeps_its_warm_server() {
     let Some(bazel) = require_bazel() else { return };
     let lab = Lab::new(&bazel);

@@ -344,7 +344,6 @@ fn unknown_revisions_fail_and_shallow_clones_fall_back() {
 /// consume exits 1 but leaves `--out` behind, so a script that checks for the file after a
 /// failure (or ignores the exit code) uses an answer the tool called failed.
 #[test]
-#[ignore = "bug: consume exits 1 when the --json report cannot be written but leaves --out written"]
 fn a_failing_report_write_leaves_no_out_file() {
     let Some(bazel) = require_bazel() else { return };
     let lab = Lab::new(&bazel);
@@ -365,7 +364,6 @@ fn a_failing_report_write_leaves_no_out_file() {
 /// to do" and exits 0, so the base stays unusable (every consume exits 2) until someone runs
 /// `verify --fix`. Either re-recording it or failing loudly would be right.
 #[test]
-#[ignore = "bug: record over a corrupt entry exits 0 and leaves the entry corrupt"]
 fn record_over_a_corrupt_entry_repairs_it_or_fails() {
     let Some(bazel) = require_bazel() else { return };
     let lab = Lab::new(&bazel);
@@ -390,7 +388,6 @@ fn record_over_a_corrupt_entry_repairs_it_or_fails() {
 /// "could not use" (spec §8.1 suggests 3); with `--fallback cold` the answer should be the
 /// cold one.
 #[test]
-#[ignore = "bug: a failing warm server makes consume exit 1, and --fallback cold does not fall back"]
 fn a_failing_warm_server_is_a_fallback_not_an_error() {
     let Some(bazel) = require_bazel() else { return };
     let lab = Lab::new(&bazel);

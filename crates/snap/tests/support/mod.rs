@@ -501,16 +501,12 @@ impl Lab {
         self.snap(&self.gc_args(extra)).success().json()
     }
 
-    /// `gc --store <store> --bazel <bazel> --json <extra...>`.
+    /// `gc --store <store> --json <extra...>`.
     pub fn gc_args(&self, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = ["gc", "--store", self.store.to_str().unwrap()]
             .map(str::to_owned)
             .to_vec();
-        args.extend([
-            "--bazel".to_owned(),
-            self.bazel.display().to_string(),
-            "--json".to_owned(),
-        ]);
+        args.push("--json".to_owned());
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
