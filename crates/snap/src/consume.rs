@@ -96,8 +96,18 @@ fn choose(
         let why = if entries.is_empty() {
             explain_missing_fingerprint(ctx, &fingerprint)
         } else {
+            let corrupt = report
+                .skipped
+                .iter()
+                .filter(|s| s.reason.starts_with("corrupt"))
+                .count();
+            let note = if corrupt > 0 {
+                format!(" ({corrupt} corrupt entries skipped: run `bazel-diff-snap verify`)")
+            } else {
+                String::new()
+            };
             format!(
-                "no entry for fingerprint {key} is {want} or one of its ancestors within {} commits",
+                "no entry for fingerprint {key} is {want} or one of its ancestors within {} commits{note}",
                 selection.max_distance
             )
         };

@@ -199,7 +199,7 @@ pub struct GcArgs {
 
 /// Go's flag package (upstream) accepts `-workspace` as well as `--workspace`.
 fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    const LONG: [&str; 14] = [
+    const LONG: [&str; 18] = [
         "workspace",
         "store",
         "bazel",
@@ -214,6 +214,10 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "fallback",
         "fix",
         "dry-run",
+        "impacted-flag",
+        "keep-per-fingerprint",
+        "max-age",
+        "max-bytes",
     ];
     args.into_iter()
         .map(|arg| {
