@@ -266,9 +266,36 @@ pub struct GenerateHashesArgs {
     pub query: QueryFlags,
     #[command(flatten)]
     pub inputs: HashingInputArgs,
+    #[command(flatten)]
+    pub incremental: IncrementalArgs,
     /// Where to write the hashes JSON (default: stdout).
     #[arg(value_name = "outputPath")]
     pub output_path: Option<PathBuf>,
+}
+
+/// The graph state for incremental runs (issue 6, graph-stable path).
+#[derive(Args, Debug, Clone, Default)]
+pub struct IncrementalArgs {
+    /// Also write the computed graph in compact binary form (atomically) for later
+    /// `--incremental-from` runs.
+    #[arg(long = "write-graph-state", value_name = "FILE")]
+    pub write_graph_state: Option<PathBuf>,
+    /// Start from this graph state instead of querying Bazel when only contents of existing
+    /// source files changed (falls back to the full query otherwise, saying why on stderr).
+    #[arg(
+        long = "incremental-from",
+        value_name = "FILE",
+        requires = "incremental_changed"
+    )]
+    pub incremental_from: Option<PathBuf>,
+    /// File listing the workspace-relative paths changed since the state was written, one
+    /// per line.
+    #[arg(
+        long = "incremental-changed",
+        value_name = "FILE",
+        requires = "incremental_from"
+    )]
+    pub incremental_changed: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use crate::args::{
     comma_set, space_list, FingerprintArgs, HashingInputArgs, QueryFlags, WarmupArgs,
 };
-use crate::generate::{check_workspace, global_seed, hash_workspace, GenerateSettings};
+use crate::generate::{check_workspace, global_seed, hash_workspace_with_state, GenerateSettings};
 use crate::output::{write_bytes, write_hashes};
 
 /// The tool version that goes into the fingerprint: the release and the hashing algorithm.
@@ -123,7 +123,8 @@ pub fn warmup(args: &WarmupArgs) -> Result<()> {
         &args.generate.query,
         &args.generate.inputs,
     )?;
-    let hashed = hash_workspace(&settings)?;
+    let state_path = args.generate.incremental.write_graph_state.as_ref();
+    let (hashed, state) = hash_workspace_with_state(&settings, state_path.is_some())?;
     for path in [&args.base_hashes, &args.fingerprint_output] {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
@@ -131,6 +132,11 @@ pub fn warmup(args: &WarmupArgs) -> Result<()> {
         }
     }
     write_hashes(&settings, &hashed, Some(&args.base_hashes))?;
+    if let (Some(path), Some(state)) = (state_path, state) {
+        state
+            .write_to(path)
+            .with_context(|| format!("writing the graph state {}", path.display()))?;
+    }
     write_bytes(
         Some(&args.fingerprint_output),
         fingerprint.to_json_pretty().as_bytes(),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bazel_diff_bazel::{Bazel, BazelError, QueryExpression, QueryOutput};
-use bazel_diff_hash::{GraphBuilder, HashConfig, HashedTarget, RepoRoots};
+use bazel_diff_hash::{GraphBuilder, GraphState, HashConfig, HashedTarget, RepoRoots};
 use bazel_diff_query::TargetStream;
 use sha2::{Digest as _, Sha256};
 
@@ -26,6 +26,8 @@ pub struct GenerateSettings {
     pub target_types: Option<HashSet<String>>,
     pub dep_edges_file: Option<PathBuf>,
     pub hash_config: Arc<HashConfig>,
+    /// Identifies the settings a graph state must have been written with.
+    pub graph_config_digest: [u8; 32],
 }
 
 /// Reads a text file of entries, one per line.
@@ -181,6 +183,7 @@ impl GenerateSettings {
             target_types: target_types(&args.query.target_type)?,
             dep_edges_file: args.inputs.dep_edges_file.clone(),
             flags: args.query.clone(),
+            graph_config_digest: graph_config_digest(args, &hash_config),
             hash_config: Arc::new(hash_config),
         })
     }
@@ -380,8 +383,12 @@ fn compatible_targets(
         .collect())
 }
 
-/// Runs the query (or cquery) and hashes every target.
-pub fn hash_workspace(settings: &GenerateSettings) -> Result<Vec<HashedTarget>> {
+/// Runs the query (or cquery) and hashes every target; with `want_state` also returns the
+/// graph state (unfiltered by `--targetType`, with its config digest filled in).
+pub fn hash_workspace_with_state(
+    settings: &GenerateSettings,
+    want_state: bool,
+) -> Result<(Vec<HashedTarget>, Option<GraphState>)> {
     let started = Instant::now();
     let progress = Progress::counter("querying and hashing", "targets");
     let builder = if settings.flags.use_cquery {
@@ -397,7 +404,13 @@ pub fn hash_workspace(settings: &GenerateSettings) -> Result<Vec<HashedTarget>> 
             builder.skipped()
         );
     }
-    let mut hashed = builder.finish()?;
+    let (mut hashed, state) = if want_state {
+        let (hashed, mut state) = builder.finish_with_state()?;
+        state.config_digest = settings.graph_config_digest;
+        (hashed, Some(state))
+    } else {
+        (builder.finish()?, None)
+    };
     progress.finish();
     tracing::info!(
         "hashed {} targets (query stream {:.2?}, graph pass {:.2?})",
@@ -405,14 +418,220 @@ pub fn hash_workspace(settings: &GenerateSettings) -> Result<Vec<HashedTarget>> 
         queried,
         started.elapsed() - queried
     );
-    if let Some(types) = &settings.target_types {
-        hashed.retain(|t| types.contains(t.kind.as_str()));
+    settings.filter_types(&mut hashed);
+    Ok((hashed, state))
+}
+
+impl GenerateSettings {
+    /// Applies `--targetType`.
+    pub fn filter_types(&self, hashed: &mut Vec<HashedTarget>) {
+        if let Some(types) = &self.target_types {
+            hashed.retain(|t| types.contains(t.kind.as_str()));
+        }
     }
-    Ok(hashed)
+}
+
+/// Digest of every setting that shapes the graph or its hashes besides the tree itself: a
+/// graph state is only reused by a run whose digest matches.
+fn graph_config_digest(args: &GenerateHashesArgs, config: &HashConfig) -> [u8; 32] {
+    fn sorted<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
+        let mut v: Vec<&String> = items.into_iter().collect();
+        v.sort();
+        v
+    }
+    let q = &args.query;
+    let mut content: Vec<(&String, &String)> = config.content_hashes.iter().collect();
+    content.sort();
+    let mut modified: Vec<&Path> = config.modified_files.iter().map(PathBuf::as_path).collect();
+    modified.sort();
+    let text = format!(
+        "{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        env!("CARGO_PKG_VERSION"),
+        bazel_diff_hash::ALGORITHM_VERSION,
+        hex::encode(config.seed),
+        q.use_cquery,
+        q.exclude_external_targets,
+        q.keep_going,
+        space_list(&q.bazel_command_options),
+        space_list(&q.cquery_command_options),
+        q.cquery_expression,
+        config.fine_grained_repos,
+        sorted(&config.ignored_attributes),
+        sorted(&config.always_affected_tags),
+        args.inputs.exclude_targets_query,
+        config.track_deps,
+        content,
+        modified,
+        args.workspace.bazel_path,
+    );
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// Files whose change can change the graph itself (never graph-stable).
+fn graph_file_reason(path: &str) -> Option<&'static str> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if matches!(name, "BUILD" | "BUILD.bazel" | "REPO.bazel") {
+        return Some("a BUILD file");
+    }
+    if name.ends_with(".bzl") || name.ends_with(".scl") {
+        return Some("a Starlark file");
+    }
+    if name.starts_with("WORKSPACE")
+        || name.starts_with("MODULE")
+        || name.starts_with(".bazelrc")
+        || name.ends_with(".bazelrc")
+        || matches!(name, ".bazelignore" | ".bazelversion" | ".bazeliskrc")
+        || path == "tools/bazel"
+    {
+        return Some("a workspace configuration file");
+    }
+    // Files repository rules and module extensions commonly read: a content change can
+    // change external repositories (and their synthetic //external targets).
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".lock")
+        || lower.starts_with("requirements")
+        || lower.ends_with("_install.json")
+        || matches!(
+            lower.as_str(),
+            "go.mod"
+                | "go.sum"
+                | "go.work"
+                | "package.json"
+                | "package-lock.json"
+                | "pnpm-lock.yaml"
+                | "yarn.lock"
+                | "cargo.toml"
+                | "pyproject.toml"
+                | "gemfile"
+                | "pom.xml"
+        )
+    {
+        return Some("a dependency manifest or lock file that repository rules may read");
+    }
+    None
+}
+
+/// The graph-stable path: `Ok(None)` (with the reason) when the full query is needed.
+fn try_incremental(
+    settings: &GenerateSettings,
+    state_path: &Path,
+    changed_path: &Path,
+) -> Result<std::result::Result<(Vec<HashedTarget>, GraphState), String>> {
+    let started = Instant::now();
+    let changed: Vec<String> = read_lines(changed_path, "changed path list")?
+        .into_iter()
+        .map(|l| l.trim().trim_start_matches("./").to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if let Some((path, why)) = changed
+        .iter()
+        .find_map(|p| graph_file_reason(p).map(|why| (p, why)))
+    {
+        return Ok(Err(format!("{path} is {why}")));
+    }
+    let mut state = match GraphState::read_from(state_path) {
+        Ok(state) => state,
+        Err(e) => return Ok(Err(format!("cannot use {}: {e}", state_path.display()))),
+    };
+    let loaded = started.elapsed();
+    let config = &settings.hash_config;
+    if state.config_digest != settings.graph_config_digest {
+        return Ok(Err(
+            "the state was written with different settings (seed, flags or options)".into(),
+        ));
+    }
+    if state.seed != config.seed
+        || state.track_deps != config.track_deps
+        || state.use_cquery != config.use_cquery
+    {
+        return Ok(Err(
+            "the state was written with a different seed or flags".into()
+        ));
+    }
+    let indices = match state.resolve_changed(config, &changed) {
+        Ok(indices) => indices,
+        Err(refusal) => return Ok(Err(refusal.to_string())),
+    };
+    let hashed = state.update_sources(config, &indices)?;
+    eprintln!(
+        "bazel-diff: incremental: graph-stable path, no Bazel query: {} changed path(s), {} source target(s) rehashed, {} targets (state loaded in {:.1?}, total {:.1?})",
+        changed.len(),
+        indices.len(),
+        hashed.len(),
+        loaded,
+        started.elapsed()
+    );
+    Ok(Ok((hashed, state)))
 }
 
 pub fn run(args: &GenerateHashesArgs) -> Result<()> {
     let settings = GenerateSettings::from_args(args)?;
-    let hashed = hash_workspace(&settings)?;
-    crate::output::write_hashes(&settings, &hashed, args.output_path.as_deref())
+    let inc = &args.incremental;
+    let want_state = inc.write_graph_state.is_some();
+    let mut result = None;
+    if let (Some(state_path), Some(changed_path)) =
+        (&inc.incremental_from, &inc.incremental_changed)
+    {
+        match try_incremental(&settings, state_path, changed_path)? {
+            Ok((mut hashed, state)) => {
+                settings.filter_types(&mut hashed);
+                result = Some((hashed, Some(state)));
+            }
+            Err(reason) => {
+                eprintln!("bazel-diff: incremental: full query: {reason}");
+            }
+        }
+    }
+    let (hashed, state) = match result {
+        Some(done) => done,
+        None => hash_workspace_with_state(&settings, want_state)?,
+    };
+    crate::output::write_hashes(&settings, &hashed, args.output_path.as_deref())?;
+    if let (Some(path), Some(state)) = (&inc.write_graph_state, state) {
+        state
+            .write_to(path)
+            .with_context(|| format!("writing the graph state {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod incremental_tests {
+    use super::graph_file_reason;
+
+    #[test]
+    fn graph_shaping_files_are_never_graph_stable() {
+        for path in [
+            "BUILD",
+            "a/b/BUILD.bazel",
+            "REPO.bazel",
+            "tools/defs.bzl",
+            "x/consts.scl",
+            "WORKSPACE",
+            "WORKSPACE.bzlmod",
+            "MODULE.bazel",
+            "MODULE.bazel.lock",
+            ".bazelrc",
+            ".bazelrc.user",
+            "tools/ci.bazelrc",
+            ".bazelignore",
+            ".bazelversion",
+            "tools/bazel",
+            "third_party/requirements_lock.txt",
+            "go.sum",
+            "web/pnpm-lock.yaml",
+            "Cargo.lock",
+            "maven_install.json",
+        ] {
+            assert!(graph_file_reason(path).is_some(), "{path}");
+        }
+        for path in [
+            "src/main.rs",
+            "docs/BUILD.md",
+            "a/builder.txt",
+            "lib/data/a.txt",
+        ] {
+            assert_eq!(graph_file_reason(path), None, "{path}");
+        }
+    }
 }

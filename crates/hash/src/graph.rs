@@ -12,6 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::rule::{prepare_package_group, prepare_rule, PreparedRule};
 use crate::source::SourceHasher;
+use crate::state::{DigestTable, GraphState, Interner, Resolution, RuleState, SourceState, NONE};
 use crate::{java_cmp, Digest, HashConfig, HashError};
 
 /// Targets per unit of work sent to the rayon pool while the query streams.
@@ -169,7 +170,21 @@ impl GraphBuilder {
     }
 
     /// Waits for the streamed work and computes every target's digests.
-    pub fn finish(mut self) -> Result<Vec<HashedTarget>, HashError> {
+    pub fn finish(self) -> Result<Vec<HashedTarget>, HashError> {
+        Ok(self.finish_inner(false)?.0)
+    }
+
+    /// Like [`GraphBuilder::finish`], and also returns the [`GraphState`] for incremental
+    /// updates (its `config_digest` is left zero for the caller to fill in).
+    pub fn finish_with_state(self) -> Result<(Vec<HashedTarget>, GraphState), HashError> {
+        let (hashes, state) = self.finish_inner(true)?;
+        Ok((hashes, state.expect("state was requested")))
+    }
+
+    fn finish_inner(
+        mut self,
+        want_state: bool,
+    ) -> Result<(Vec<HashedTarget>, Option<GraphState>), HashError> {
         self.flush_rules();
         self.flush_sources();
         let mut rules = std::mem::take(&mut self.package_groups);
@@ -192,7 +207,7 @@ impl GraphBuilder {
             return Err(e);
         }
         tracing::debug!("streamed work drained");
-        compute(&self.config, rules, sources, self.generated)
+        compute(&self.config, rules, sources, self.generated, want_state)
     }
 }
 
@@ -212,7 +227,8 @@ fn compute(
     mut rules: Vec<PreparedRule>,
     sources: Vec<HashedSource>,
     generated: Vec<(String, String)>,
-) -> Result<Vec<HashedTarget>, HashError> {
+    want_state: bool,
+) -> Result<(Vec<HashedTarget>, Option<GraphState>), HashError> {
     // Deterministic rule order keeps cycle errors independent of scheduling.
     rules.par_sort_unstable_by(|a, b| java_cmp(&a.label, &b.label));
     add_visibility_edges(&mut rules);
@@ -274,6 +290,21 @@ fn compute(
     tracing::debug!("direct digests done");
     let overall = overall_digests(&rules, &direct)?;
     tracing::debug!("overall digests done");
+    let state = want_state.then(|| {
+        build_state(
+            config,
+            &rules,
+            &sources,
+            &generated,
+            &generating,
+            &nodes,
+            &soft,
+            per_rule_seeds,
+            &package_seeds,
+            &direct,
+            &overall,
+        )
+    });
 
     let track_deps = config.track_deps;
     let rule_hashes: Vec<HashedTarget> = rules
@@ -322,7 +353,147 @@ fn compute(
     out.par_extend(generated_hashes);
     out.par_extend(source_hashes);
     out.par_sort_unstable_by(|a, b| a.label.cmp(&b.label));
-    Ok(out)
+    Ok((out, state))
+}
+
+/// The seed mixed into a rule's direct digest (spec 4.8 step 3), if any.
+fn rule_seed(
+    rule: &PreparedRule,
+    soft: &FxHashMap<String, Digest>,
+    per_rule_seeds: bool,
+    package_seeds: &HashMap<String, Digest>,
+) -> Option<Digest> {
+    match &rule.bzl_paths {
+        Some(paths) if per_rule_seeds => Some(rule_bzl_seed(paths, soft)),
+        _ => package_seeds.get(package_of(&rule.label)).copied(),
+    }
+}
+
+/// Captures the computed graph for incremental updates.
+#[allow(clippy::too_many_arguments)]
+fn build_state(
+    config: &HashConfig,
+    rules: &[PreparedRule],
+    sources: &[HashedSource],
+    generated: &[(String, String)],
+    generating: &[u32],
+    nodes: &FxHashMap<&str, Node>,
+    soft: &FxHashMap<String, Digest>,
+    per_rule_seeds: bool,
+    package_seeds: &HashMap<String, Digest>,
+    direct: &[(Digest, Vec<(u32, u32)>)],
+    overall: &[Digest],
+) -> GraphState {
+    let mut strings = Interner::default();
+    let mut digests = DigestTable::default();
+    let mut rule_states = Vec::with_capacity(rules.len());
+    let mut inputs = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let seed =
+            rule_seed(rule, soft, per_rule_seeds, package_seeds).map_or(NONE, |d| digests.id(&d));
+        let input_start = inputs.len() as u32;
+        for input in &rule.inputs {
+            let label = label_of(input);
+            let resolution = match nodes.get(label) {
+                Some(Node::Source(s)) => Resolution::Source(*s),
+                Some(Node::Rule(r)) if *r as usize != index => Resolution::Rule(*r),
+                _ => match soft.get(label) {
+                    Some(d) => Resolution::Soft(digests.id(d)),
+                    None => Resolution::Nothing,
+                },
+            };
+            inputs.push((strings.id(input), resolution.encode()));
+        }
+        rule_states.push(RuleState {
+            label: strings.id(&rule.label),
+            seed,
+            always_affected: rule.always_affected,
+            input_start,
+            input_count: inputs.len() as u32 - input_start,
+            attribute: rule.attribute_digest,
+            direct: direct[index].0,
+            overall: overall[index],
+        });
+    }
+    let mut subincludes = Vec::new();
+    let source_states = sources
+        .iter()
+        .map(|s| {
+            let sub_start = subincludes.len() as u32;
+            subincludes.extend(s.subincludes.iter().map(|l| strings.id(l)));
+            SourceState {
+                label: strings.id(&s.label),
+                package_seed: package_seeds
+                    .get(package_of(&s.label))
+                    .map_or(NONE, |d| digests.id(d)),
+                sub_start,
+                sub_count: s.subincludes.len() as u32,
+                raw: s.raw,
+            }
+        })
+        .collect();
+    let generated_states = generated
+        .iter()
+        .zip(generating)
+        .map(|((file, _), rule)| (strings.id(file), *rule))
+        .collect();
+    let mut soft_states: Vec<(u32, u32)> = soft
+        .iter()
+        .map(|(label, d)| (strings.id(label), digests.id(d)))
+        .collect();
+    // Soft lookups that found no file: creating that file later would change hashes too.
+    let mut missing: FxHashSet<String> = FxHashSet::default();
+    let main_repo = |l: &str| ["//", "@//", "@@//"].iter().any(|p| l.starts_with(p));
+    for (index, rule) in rules.iter().enumerate() {
+        for input in &rule.inputs {
+            let label = label_of(input);
+            let resolved = match nodes.get(label) {
+                Some(Node::Source(_)) => true,
+                Some(Node::Rule(r)) => *r as usize != index,
+                None => false,
+            };
+            if !resolved && main_repo(label) && !soft.contains_key(label) {
+                missing.insert(label.to_owned());
+            }
+        }
+        if per_rule_seeds {
+            for path in rule.bzl_paths.iter().flatten() {
+                let label = format!("//{path}");
+                if !soft.contains_key(&label) {
+                    missing.insert(label);
+                }
+            }
+        }
+    }
+    if !per_rule_seeds {
+        for source in sources {
+            for label in &source.subincludes {
+                if main_repo(label) && !soft.contains_key(label) {
+                    missing.insert(label.clone());
+                }
+            }
+        }
+    }
+    let mut missing: Vec<String> = missing.into_iter().collect();
+    missing.sort_unstable();
+    soft_states.extend(missing.iter().map(|label| (strings.id(label), NONE)));
+    soft_states.sort_unstable();
+    let (strings, string_ends) = strings.finish();
+    GraphState {
+        config_digest: [0; 32],
+        seed: config.seed,
+        track_deps: config.track_deps,
+        use_cquery: config.use_cquery,
+        strings,
+        string_ends,
+        digests: digests.digests,
+        rules: rule_states,
+        inputs,
+        sources: source_states,
+        subincludes,
+        generated: generated_states,
+        soft: soft_states,
+    }
 }
 
 /// The label part of an encoded input (`label|configuration` in cquery mode).
@@ -460,13 +631,8 @@ fn direct_digest(
     let mut h = Sha256::new();
     h.update(attribute_digest);
     h.update(config.seed);
-    match &rule.bzl_paths {
-        Some(paths) if per_rule_seeds => h.update(rule_bzl_seed(paths, soft)),
-        _ => {
-            if let Some(seed) = package_seeds.get(package_of(&rule.label)) {
-                h.update(seed);
-            }
-        }
+    if let Some(seed) = rule_seed(rule, soft, per_rule_seeds, package_seeds) {
+        h.update(seed);
     }
     if rule.always_affected {
         h.update(config.salt.as_bytes());

@@ -15,12 +15,14 @@
 mod graph;
 mod rule;
 mod source;
+mod state;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 pub use graph::{GraphBuilder, HashedTarget, TargetKind};
 pub use source::{exec_byte, file_digest_key, SourceHasher};
+pub use state::{GraphState, Refusal, StateError, FORMAT_VERSION as GRAPH_STATE_VERSION};
 
 /// Bumped whenever a change here can change any hash value: it is part of the tool version
 /// the snapshot fingerprint covers, so snapshots recorded by an older engine are never reused.
