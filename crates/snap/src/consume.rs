@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::driver::{ConsumePlan, Driver, LocalDriver, Unavailable};
+use crate::driver_fc::{FcOptions, FirecrackerDriver};
 use crate::record::{fingerprint_of_worktree, store_key};
 use crate::report::{Phases, Report};
 use crate::resolve::resolve;
@@ -25,11 +26,41 @@ pub fn tool_for(common: &Common, impacted_flags: Vec<String>) -> BazelDiff {
 }
 
 pub fn make_driver(common: &Common) -> Result<Box<dyn Driver>, Unavailable> {
+    let ignored = common.fc.ignored();
+    if !ignored.is_empty() {
+        eprintln!(
+            "bazel-diff-snap: warning: ignoring upstream's ssh/TAP flags {} (the guest is reached over vsock; no NIC is used)",
+            ignored.join(", ")
+        );
+    }
     match common.driver {
         DriverKind::Local => Ok(Box::new(LocalDriver)),
-        DriverKind::Firecracker => Err(Unavailable(
-            "the firecracker driver is not in this build yet; use --driver local".into(),
-        )),
+        DriverKind::Firecracker => {
+            let fc = &common.fc;
+            let guest_workspace = match &fc.guest_workspace {
+                Some(ws) => ws.clone(),
+                // Upstream used --workspace as the guest path too.
+                None => std::path::absolute(&common.workspace)
+                    .map_err(|e| Unavailable(format!("resolving --workspace: {e}")))?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            Ok(Box::new(FirecrackerDriver::new(FcOptions {
+                firecracker: fc.firecracker_bin.clone(),
+                kernel: fc.kernel.clone(),
+                rootfs: fc.rootfs.clone(),
+                vcpus: fc.vcpus,
+                mem_mib: fc.mem_mib,
+                jailer: fc.jailer.clone(),
+                guest_workspace,
+                guest_bazel: fc.guest_bazel.clone(),
+                guest_bazel_diff: fc.guest_bazel_diff.clone(),
+                agent_port: fc.agent_port,
+                memory_backend: fc.memory_backend,
+                store: common.store.clone(),
+                flags: common.flags.clone(),
+            })))
+        }
     }
 }
 

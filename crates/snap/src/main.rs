@@ -8,6 +8,7 @@ mod admin;
 mod consume;
 mod context;
 mod driver;
+mod driver_fc;
 mod failpoint;
 mod git;
 mod record;
@@ -91,6 +92,96 @@ pub struct Common {
     /// `--flag=--excludeExternalTargets`.
     #[arg(long = "flag", value_name = "FLAG", allow_hyphen_values = true)]
     pub flags: Vec<String>,
+    #[command(flatten)]
+    pub fc: FirecrackerFlags,
+}
+
+/// The firecracker driver's flags (upstream's names where it had them).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Firecracker driver")]
+pub struct FirecrackerFlags {
+    /// The firecracker binary.
+    #[arg(
+        long = "firecracker-bin",
+        default_value = "firecracker",
+        value_name = "PATH"
+    )]
+    pub firecracker_bin: PathBuf,
+    /// Guest kernel (vmlinux).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Base root filesystem image (default: rootfs.base.ext4 beside --kernel). Never
+    /// written: every VM gets a copy-on-write copy.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
+    /// Jailer binary (not supported by this build yet: an error when given).
+    #[arg(long, value_name = "PATH")]
+    pub jailer: Option<PathBuf>,
+    /// vCPUs of the VM (part of the key).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub vcpus: u32,
+    /// Guest memory in MiB (part of the key).
+    #[arg(long = "mem-mib", default_value_t = 4096, value_name = "MIB")]
+    pub mem_mib: u64,
+    /// Path of the repository inside the guest image (default: the --workspace path).
+    #[arg(long = "guest-workspace", value_name = "PATH")]
+    pub guest_workspace: Option<String>,
+    /// Bazel inside the guest.
+    #[arg(long = "guest-bazel", default_value = "bazel", value_name = "PATH")]
+    pub guest_bazel: String,
+    /// bazel-diff inside the guest.
+    #[arg(
+        long = "guest-bazel-diff",
+        default_value = "bazel-diff",
+        value_name = "PATH"
+    )]
+    pub guest_bazel_diff: String,
+    /// vsock port of the guest agent.
+    #[arg(long = "agent-port", default_value_t = 10789, value_name = "PORT")]
+    pub agent_port: u32,
+    /// How a restore gets guest memory.
+    #[arg(long = "memory-backend", value_enum, default_value_t = driver_fc::MemoryBackend::File)]
+    pub memory_backend: driver_fc::MemoryBackend,
+    /// Upstream ssh/TAP flags: accepted so upstream CI scripts parse, ignored (the guest is
+    /// reached over vsock; no NIC is used).
+    #[arg(long = "guest-addr", hide = true, value_name = "X")]
+    pub guest_addr: Option<String>,
+    #[arg(long = "guest-key", hide = true, value_name = "X")]
+    pub guest_key: Option<String>,
+    #[arg(long = "tap-device", hide = true, value_name = "X")]
+    pub tap_device: Option<String>,
+    #[arg(long = "guest-ip", hide = true, value_name = "X")]
+    pub guest_ip: Option<String>,
+    #[arg(long = "host-ip", hide = true, value_name = "X")]
+    pub host_ip: Option<String>,
+    #[arg(long, hide = true, value_name = "X")]
+    pub netmask: Option<String>,
+    #[arg(long = "guest-mac", hide = true, value_name = "X")]
+    pub guest_mac: Option<String>,
+    #[arg(long, hide = true, value_name = "X")]
+    pub socket: Option<String>,
+    #[arg(long = "guest-snap-dir", hide = true, value_name = "X")]
+    pub guest_snap_dir: Option<String>,
+}
+
+impl FirecrackerFlags {
+    /// Names of the upstream flags given that this implementation ignores.
+    pub fn ignored(&self) -> Vec<&'static str> {
+        [
+            ("--guest-addr", self.guest_addr.is_some()),
+            ("--guest-key", self.guest_key.is_some()),
+            ("--tap-device", self.tap_device.is_some()),
+            ("--guest-ip", self.guest_ip.is_some()),
+            ("--host-ip", self.host_ip.is_some()),
+            ("--netmask", self.netmask.is_some()),
+            ("--guest-mac", self.guest_mac.is_some()),
+            ("--socket", self.socket.is_some()),
+            ("--guest-snap-dir", self.guest_snap_dir.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
 }
 
 #[derive(Args, Debug)]
@@ -199,7 +290,7 @@ pub struct GcArgs {
 
 /// Go's flag package (upstream) accepts `-workspace` as well as `--workspace`.
 fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    const LONG: [&str; 18] = [
+    const LONG: [&str; 38] = [
         "workspace",
         "store",
         "bazel",
@@ -218,6 +309,26 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "keep-per-fingerprint",
         "max-age",
         "max-bytes",
+        "firecracker-bin",
+        "kernel",
+        "rootfs",
+        "jailer",
+        "vcpus",
+        "mem-mib",
+        "guest-workspace",
+        "guest-bazel",
+        "guest-bazel-diff",
+        "agent-port",
+        "memory-backend",
+        "guest-addr",
+        "guest-key",
+        "tap-device",
+        "guest-ip",
+        "host-ip",
+        "netmask",
+        "guest-mac",
+        "socket",
+        "guest-snap-dir",
     ];
     args.into_iter()
         .map(|arg| {

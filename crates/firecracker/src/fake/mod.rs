@@ -59,6 +59,10 @@ pub struct FakeConfig {
     pub exit_on_failed_load: bool,
     /// Print one line per call to stderr (the binary does).
     pub echo_calls: bool,
+    /// Pipe host-initiated vsock connections (`CONNECT <port>`) to this unix socket: a
+    /// guest agent running as a local process stands in for the guest. The binary takes it
+    /// from `$FAKE_FC_VSOCK_PROXY`.
+    pub vsock_proxy: Option<PathBuf>,
 }
 
 impl Default for FakeConfig {
@@ -72,6 +76,7 @@ impl Default for FakeConfig {
             exit_on_ctrl_alt_del: true,
             exit_on_failed_load: true,
             echo_calls: false,
+            vsock_proxy: None,
         }
     }
 }
@@ -386,7 +391,10 @@ pub fn binary_path() -> Option<PathBuf> {
 /// --chroot-base-dir ... -- <firecracker args>`: the jail is created and used as the root for
 /// every path, without a real chroot). Test-only knobs: `--fake-stall PATH=MS` (repeatable),
 /// `--fake-ignore-sigterm`, `--fake-no-api` (never opens the socket), `--fake-exit CODE`
-/// (exits at once), `--fake-mem-file-len BYTES`. Returns the exit code.
+/// (exits at once), `--fake-mem-file-len BYTES`. `--version` prints
+/// `Firecracker v<swagger version> (fake)` and exits 0, as Firecracker's does.
+/// `$FAKE_FC_VSOCK_PROXY=<unix socket>` sets [`FakeConfig::vsock_proxy`]. Returns the exit
+/// code.
 pub fn binary_main(args: Vec<String>) -> i32 {
     match run_binary(args) {
         Ok(code) => code,
@@ -398,8 +406,21 @@ pub fn binary_main(args: Vec<String>) -> i32 {
 }
 
 fn run_binary(args: Vec<String>) -> Result<i32, String> {
+    if args.iter().any(|a| a == "--version") {
+        let version = Swagger::shared().map_err(|e| e.to_string())?;
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "Firecracker v{} (fake)",
+            version.version()
+        );
+        return Ok(0);
+    }
     let mut config = FakeConfig {
         echo_calls: true,
+        vsock_proxy: std::env::var_os("FAKE_FC_VSOCK_PROXY")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
         ..FakeConfig::default()
     };
     let (fc_args, jail_root) = if args.iter().any(|a| a == "--exec-file") {

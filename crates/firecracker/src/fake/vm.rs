@@ -85,8 +85,13 @@ struct FakeVmState {
     mem_file_len: u64,
 }
 
-/// A listener on the vsock UDS, as Firecracker binds one; connections are accepted and closed
-/// (nothing listens in the fake guest). Removes the socket file it created.
+/// A listener on the vsock UDS, as Firecracker binds one. Without a proxy, connections are
+/// accepted and closed (nothing listens in the fake guest). With
+/// [`FakeConfig::vsock_proxy`], a host-initiated `CONNECT <port>\n` is answered `OK <n>\n`
+/// and the stream is then piped to that unix socket (a guest agent running as a local
+/// process), as Firecracker's hybrid vsock pipes it to the guest port; when the proxy socket
+/// does not accept, the connection is closed, as Firecracker does when nothing listens.
+/// Removes the socket file it created.
 struct VsockListener {
     path: PathBuf,
     stop: Arc<AtomicBool>,
@@ -94,12 +99,20 @@ struct VsockListener {
 }
 
 impl VsockListener {
-    fn bind(path: PathBuf) -> std::io::Result<VsockListener> {
+    fn bind(path: PathBuf, proxy: Option<PathBuf>) -> std::io::Result<VsockListener> {
         let listener = UnixListener::bind(&path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
-            super::accept_until(&listener, &stopping, drop);
+            let mut next_port = 1_073_741_824u32;
+            super::accept_until(&listener, &stopping, |stream| match &proxy {
+                None => drop(stream),
+                Some(target) => {
+                    next_port = next_port.wrapping_add(1);
+                    let (target, port) = (target.clone(), next_port);
+                    std::thread::spawn(move || proxy_vsock(stream, &target, port));
+                }
+            });
         });
         Ok(VsockListener {
             path,
@@ -107,6 +120,49 @@ impl VsockListener {
             thread: Some(thread),
         })
     }
+}
+
+/// Serves one hybrid-vsock connection through the proxy (see [`VsockListener`]).
+fn proxy_vsock(mut host: UnixStream, target: &Path, host_port: u32) {
+    use std::io::{BufRead, BufReader};
+    let _ = host.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut line = String::new();
+    {
+        let Ok(clone) = host.try_clone() else { return };
+        let mut reader = BufReader::new(clone);
+        // Byte by byte is not needed: the host sends nothing before our OK.
+        if reader.read_line(&mut line).is_err() || !reader.buffer().is_empty() {
+            return;
+        }
+    }
+    let valid = line
+        .strip_prefix("CONNECT ")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some();
+    if !valid {
+        return;
+    }
+    let Ok(guest) = UnixStream::connect(target) else {
+        return;
+    };
+    let _ = host.set_read_timeout(None);
+    if host
+        .write_all(format!("OK {host_port}\n").as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let (Ok(mut host_r), Ok(mut guest_w)) = (host.try_clone(), guest.try_clone()) else {
+        return;
+    };
+    let upstream = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut host_r, &mut guest_w);
+        let _ = guest_w.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut guest_r, mut host_w) = (guest, host);
+    let _ = std::io::copy(&mut guest_r, &mut host_w);
+    let _ = host_w.shutdown(std::net::Shutdown::Write);
+    let _ = upstream.join();
 }
 
 impl Drop for VsockListener {
@@ -416,7 +472,7 @@ impl FakeVm {
     }
 
     fn bind_vsock(&self, uds_path: &str) -> Result<VsockListener, Reply> {
-        VsockListener::bind(self.resolve(uds_path)).map_err(|e| {
+        VsockListener::bind(self.resolve(uds_path), self.config.vsock_proxy.clone()).map_err(|e| {
             bad(format!(
                 "Cannot create backend for vsock device: UnixBind({e}) at {uds_path}"
             ))
