@@ -238,6 +238,7 @@ fn consume_with_snapshot(
                 base: &base,
                 target: &target,
                 scratch: scratch.path(),
+                incremental: !args.no_incremental,
             },
         )
         .map_err(|e| no_snapshot(format!("the {} driver failed: {e:#}", driver.kind())))?;
@@ -285,10 +286,10 @@ fn consume_cold(ctx: &Context, args: &ConsumeArgs, report: &mut Report) -> Resul
     );
     ctx.repo.checkout_worktree(&ctx.worktree, &base)?;
     ctx.tool
-        .generate_hashes(&ctx.bazel_workspace, &startup, &base_hashes)?;
+        .generate_hashes(&ctx.bazel_workspace, &startup, &base_hashes, &[])?;
     ctx.repo.checkout_worktree(&ctx.worktree, &target)?;
     ctx.tool
-        .generate_hashes(&ctx.bazel_workspace, &startup, &target_hashes)?;
+        .generate_hashes(&ctx.bazel_workspace, &startup, &target_hashes, &[])?;
     let impacted = scratch.path().join("impacted.txt");
     ctx.tool.impacted(
         &ctx.bazel_workspace,

@@ -21,6 +21,8 @@ pub struct Context {
     /// The Bazel workspace inside the worktree (the worktree itself, or the subdirectory
     /// `--workspace` names within the repository).
     pub bazel_workspace: PathBuf,
+    /// Where the Bazel workspace is relative to the repository's top level.
+    pub workspace_relative: PathBuf,
 }
 
 impl Context {
@@ -48,7 +50,8 @@ impl Context {
         let relative = repo.relative_path(workspace)?;
         let worktree = work.join("worktree");
         Ok(Context {
-            bazel_workspace: worktree.join(relative),
+            bazel_workspace: worktree.join(&relative),
+            workspace_relative: relative,
             worktree,
             repo,
             store,

@@ -39,6 +39,8 @@ pub struct ConsumePlan<'a> {
     pub target: &'a str,
     /// Where to put the hash files.
     pub scratch: &'a Path,
+    /// May the target be hashed incrementally from the entry's graph (issue 6)?
+    pub incremental: bool,
 }
 
 pub trait Driver {
@@ -57,6 +59,78 @@ pub trait Driver {
 
     /// Computes head (and, when needed, base) hashes for a consume.
     fn consume(&self, ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<ConsumeHashes>;
+}
+
+/// The entry file holding the base graph for incremental consumes (issue 6).
+pub const GRAPH_STATE: &str = "graph_state.bin";
+
+/// Flags that let generate-hashes take the graph-stable path, and why (not).
+struct Incremental {
+    args: Vec<std::ffi::OsString>,
+    note: String,
+}
+
+/// When only file contents changed between the entry's base and the target, bazel-diff can
+/// update the stored graph without a query. It re-checks every path itself (BUILD files,
+/// `.bzl`, unknown or deleted files...) and falls back to the full query; here we only rule
+/// out what it cannot see: adds, deletes, type changes, symlinks and submodules, files outside
+/// the Bazel workspace, and a base other than the entry's.
+fn incremental_args(ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<Incremental> {
+    let full = |why: &str| Incremental {
+        args: Vec::new(),
+        note: format!("full query: {why}"),
+    };
+    if !plan.incremental {
+        return Ok(full("--no-incremental"));
+    }
+    if plan.base != plan.entry_base {
+        return Ok(full("the diff base is not the entry's base"));
+    }
+    let state = plan.entry_dir.join(GRAPH_STATE);
+    if !state.is_file() {
+        return Ok(full("the entry has no graph state"));
+    }
+    let relative = &ctx.workspace_relative;
+    let mut paths = Vec::new();
+    for change in ctx.repo.changed_files(plan.entry_base, plan.target)? {
+        let plain_file = |mode: &str| mode == "100644" || mode == "100755";
+        if change.status != 'M' || !plain_file(&change.old_mode) || !plain_file(&change.new_mode) {
+            return Ok(full(&format!(
+                "{} is {} (mode {} -> {})",
+                change.path.display(),
+                match change.status {
+                    'A' => "added",
+                    'D' => "deleted",
+                    'T' => "a type change",
+                    _ => "not a plain modification",
+                },
+                change.old_mode,
+                change.new_mode
+            )));
+        }
+        match change.path.strip_prefix(relative) {
+            Ok(inside) => paths.push(inside.to_string_lossy().into_owned()),
+            Err(_) => {
+                return Ok(full(&format!(
+                    "{} is outside the Bazel workspace",
+                    change.path.display()
+                )))
+            }
+        }
+    }
+    let list = plan.scratch.join("changed_files.txt");
+    let mut text = paths.join("\n");
+    text.push('\n');
+    std::fs::write(&list, text).with_context(|| format!("writing {}", list.display()))?;
+    Ok(Incremental {
+        args: vec![
+            "--incremental-from".into(),
+            state.into_os_string(),
+            "--incremental-changed".into(),
+            list.into_os_string(),
+        ],
+        note: format!("candidate: {} modified files", paths.len()),
+    })
 }
 
 /// No VM: the warm server is a Bazel server on this host with its own output root per
@@ -95,6 +169,10 @@ impl Driver for LocalDriver {
             &startup,
             &staging.join("base_hashes.json"),
             &scratch_fingerprint,
+            &[
+                "--write-graph-state".into(),
+                staging.join(GRAPH_STATE).into_os_string(),
+            ],
         )?;
         crate::failpoint::hit("after-warmup");
         Ok(json!({ "output_user_root": startup[0].trim_start_matches("--output_user_root=") }))
@@ -109,19 +187,23 @@ impl Driver for LocalDriver {
             ctx.repo.checkout_worktree(&ctx.worktree, plan.base)?;
             let path = plan.scratch.join("base_hashes.json");
             ctx.tool
-                .generate_hashes(&ctx.bazel_workspace, &startup, &path)
+                .generate_hashes(&ctx.bazel_workspace, &startup, &path, &[])
                 .context("hashing the requested base on the warm server")?;
             path
         };
         ctx.repo.checkout_worktree(&ctx.worktree, plan.target)?;
         let target = plan.scratch.join("target_hashes.json");
+        let incremental = incremental_args(ctx, plan)?;
         ctx.tool
-            .generate_hashes(&ctx.bazel_workspace, &startup, &target)
+            .generate_hashes(&ctx.bazel_workspace, &startup, &target, &incremental.args)
             .context("hashing the target on the warm server")?;
         Ok(ConsumeHashes {
             base: base_hashes,
             target,
-            notes: json!({ "base_hashes_from": if plan.base == plan.entry_base { "entry" } else { "warm server" } }),
+            notes: json!({
+                "base_hashes_from": if plan.base == plan.entry_base { "entry" } else { "warm server" },
+                "incremental": incremental.note,
+            }),
         })
     }
 }

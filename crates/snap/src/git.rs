@@ -5,6 +5,16 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+/// One changed file between two commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `M`odified, `A`dded, `D`eleted, `T`ype changed (renames are split into D + A).
+    pub status: char,
+    pub old_mode: String,
+    pub new_mode: String,
+    pub path: PathBuf,
+}
+
 /// A git repository (the user's checkout; never modified by us).
 #[derive(Debug, Clone)]
 pub struct Repo {
@@ -115,6 +125,49 @@ impl Repo {
             .strip_prefix(&top)
             .map(Path::to_path_buf)
             .unwrap_or_default())
+    }
+
+    /// Files that differ between two commits, as `(status, old mode, new mode, path)` from
+    /// `git diff --raw --no-renames`; paths are relative to the repository's top level.
+    pub fn changed_files(&self, from: &str, to: &str) -> Result<Vec<Change>> {
+        let out = run(
+            &self.dir,
+            &[
+                "diff",
+                "--raw",
+                "-z",
+                "--no-renames",
+                "--no-abbrev",
+                from,
+                to,
+            ],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "git diff {from} {to}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // Records are `:<old mode> <new mode> <old sha> <new sha> <status>\0<path>\0`.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut fields = text.split('\0');
+        let mut changes = Vec::new();
+        while let Some(meta) = fields.next().filter(|m| !m.is_empty()) {
+            let path = fields
+                .next()
+                .context("git diff --raw: record without a path")?;
+            let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+            let [old_mode, new_mode, _, _, status] = parts[..] else {
+                bail!("git diff --raw: unexpected record {meta:?}");
+            };
+            changes.push(Change {
+                status: status.chars().next().unwrap_or('?'),
+                old_mode: old_mode.to_owned(),
+                new_mode: new_mode.to_owned(),
+                path: PathBuf::from(path),
+            });
+        }
+        Ok(changes)
     }
 
     /// Git's common directory, which identifies the repository across its worktrees.

@@ -238,6 +238,10 @@ pub struct ConsumeArgs {
         allow_hyphen_values = true
     )]
     pub impacted_flags: Vec<String>,
+    /// Always run the query on the warm server, even when only file contents changed since
+    /// the entry's base (by default those are hashed from the stored graph, without Bazel).
+    #[arg(long = "no-incremental")]
+    pub no_incremental: bool,
 }
 
 #[derive(Args, Debug)]

@@ -61,10 +61,12 @@ impl BazelDiff {
         startup: &[String],
         base_hashes: &Path,
         fingerprint_output: &Path,
+        extra: &[OsString],
     ) -> Result<()> {
         let mut cmd = self.command("warmup", workspace);
         cmd.args(startup_args(startup))
             .args(&self.flags)
+            .args(extra)
             .arg("--base-hashes")
             .arg(base_hashes)
             .arg("--fingerprint-output")
@@ -72,9 +74,19 @@ impl BazelDiff {
         self.run(cmd, "warmup").map(|_| ())
     }
 
-    pub fn generate_hashes(&self, workspace: &Path, startup: &[String], out: &Path) -> Result<()> {
+    /// `generate-hashes`; `extra` carries our own flags (e.g. the incremental ones).
+    pub fn generate_hashes(
+        &self,
+        workspace: &Path,
+        startup: &[String],
+        out: &Path,
+        extra: &[OsString],
+    ) -> Result<()> {
         let mut cmd = self.command("generate-hashes", workspace);
-        cmd.args(startup_args(startup)).args(&self.flags).arg(out);
+        cmd.args(startup_args(startup))
+            .args(&self.flags)
+            .args(extra)
+            .arg(out);
         self.run(cmd, "generate-hashes").map(|_| ())
     }
 
