@@ -6,6 +6,7 @@ pub mod error;
 pub mod gen;
 pub mod git;
 pub mod hashing;
+pub mod incremental;
 pub mod measure;
 pub mod mutate;
 pub mod repo;

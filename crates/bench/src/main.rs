@@ -35,6 +35,33 @@ enum Command {
     /// Cold vs warm vs snapshot consume (local driver) on the same revisions; fails unless
     /// every mode's impacted set is byte-identical to cold's. Prints a table and JSON.
     Snapshot(SnapshotArgs),
+    /// Full query (warm server) vs `generate-hashes --incremental-from` for several kinds of
+    /// change from one base; fails unless both give byte-identical hashes.
+    Incremental(IncrementalArgs),
+}
+
+#[derive(Args)]
+struct IncrementalArgs {
+    /// Workspace size (approximate target count).
+    #[arg(long, default_value_t = 150_000)]
+    size: usize,
+    /// Scenarios, each applied to the base on its own; mutations of one scenario are
+    /// joined with `+` (e.g. `content:1`, `content:50`, `build-edit:1+content:1`).
+    #[arg(
+        long = "scenario",
+        value_delimiter = ',',
+        default_value = "content:1,content:50,build-edit:1,build-edit:5,bzl-edit"
+    )]
+    scenarios: Vec<String>,
+    #[arg(long, default_value = "/tmp/bazel-diff-bench")]
+    work_dir: PathBuf,
+    #[arg(long, default_value = "bazel")]
+    bazel: PathBuf,
+    #[arg(long, default_value = "target/release/bazel-diff")]
+    bazel_diff: PathBuf,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -143,6 +170,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gen(args) => cmd_gen(args),
         Command::Hashing(args) => cmd_hashing(args),
         Command::Snapshot(args) => cmd_snapshot(args),
+        Command::Incremental(args) => cmd_incremental(args),
     }
 }
 
@@ -218,6 +246,51 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
     } else {
         p
     })
+}
+
+fn cmd_incremental(a: IncrementalArgs) -> anyhow::Result<()> {
+    let scenarios = a
+        .scenarios
+        .iter()
+        .map(|s| {
+            s.split('+')
+                .map(str::parse)
+                .collect::<Result<Vec<Mutation>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bench = bazel_diff_bench::incremental::IncrementalBench {
+        size: a.size,
+        work_dir: absolute(a.work_dir)?,
+        bazel: a.bazel,
+        bazel_diff: absolute(a.bazel_diff)?,
+        scenarios,
+    };
+    let report = bench.run(|msg| eprintln!("[bench] {msg}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} targets", report.targets)?;
+    writeln!(
+        out,
+        "{:<24} {:>7} {:>9} {:>12} {:>8} {:>9}  path",
+        "scenario", "files", "full", "incremental", "speedup", "impacted"
+    )?;
+    for r in &report.rows {
+        writeln!(
+            out,
+            "{:<24} {:>7} {:>8.3}s {:>11.3}s {:>7.1}x {:>9}  {}",
+            r.scenario,
+            r.changed_files,
+            r.full_s,
+            r.incremental_s,
+            r.speedup,
+            r.impacted_targets,
+            r.path
+        )?;
+    }
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
