@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::measure::run;
+use crate::measure::{get_impacted_targets, run};
 use crate::repo::mutate_round;
 use crate::{generate, git, BenchError, GenConfig, Mutation, Result};
 
@@ -81,16 +81,7 @@ impl IncrementalBench {
     }
 
     fn impacted(&self, ws: &Path, base: &Path, head: &Path, out: &Path) -> Result<Duration> {
-        let mut cmd = Command::new(&self.bazel_diff);
-        cmd.arg("get-impacted-targets").arg("-w").arg(ws).args([
-            Path::new("-sh"),
-            base,
-            Path::new("-fh"),
-            head,
-            Path::new("-o"),
-            out,
-        ]);
-        run(cmd, None).map(|s| s.wall)
+        get_impacted_targets(&self.bazel_diff, ws, base, head, out)
     }
 
     pub fn run(&self, mut progress: impl FnMut(&str)) -> Result<IncrementalReport> {

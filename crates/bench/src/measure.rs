@@ -75,3 +75,23 @@ pub fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
+
+/// Times `bazel-diff get-impacted-targets -w ws -sh base -fh head -o out`.
+pub fn get_impacted_targets(
+    bazel_diff: &Path,
+    ws: &Path,
+    base: &Path,
+    head: &Path,
+    out: &Path,
+) -> Result<Duration> {
+    let mut cmd = Command::new(bazel_diff);
+    cmd.arg("get-impacted-targets").arg("-w").arg(ws).args([
+        Path::new("-sh"),
+        base,
+        Path::new("-fh"),
+        head,
+        Path::new("-o"),
+        out,
+    ]);
+    run(cmd, None).map(|s| s.wall)
+}

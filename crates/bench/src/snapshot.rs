@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::measure::run;
+use crate::measure::{get_impacted_targets, run};
 use crate::{generate_repo, BenchError, GenConfig, Mutation, Result};
 
 pub struct SnapshotBench {
@@ -82,16 +82,7 @@ impl SnapshotBench {
     }
 
     fn impacted(&self, ws: &Path, base: &Path, head: &Path, out: &Path) -> Result<Duration> {
-        let mut cmd = Command::new(&self.bazel_diff);
-        cmd.arg("get-impacted-targets").arg("-w").arg(ws).args([
-            Path::new("-sh"),
-            base,
-            Path::new("-fh"),
-            head,
-            Path::new("-o"),
-            out,
-        ]);
-        run(cmd, None).map(|s| s.wall)
+        get_impacted_targets(&self.bazel_diff, ws, base, head, out)
     }
 
     fn shutdown(&self, ws: &Path, root: &Path) {
