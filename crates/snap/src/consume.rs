@@ -95,7 +95,7 @@ fn choose(
         .map(|b| ctx.repo.commit(b))
         .transpose()?;
     report.target_sha = Some(target.clone());
-    ctx.repo.checkout_worktree(&ctx.worktree, &target)?;
+    ctx.checkout(&target)?;
     let (_, fingerprint) = fingerprint_of_worktree(ctx)?;
     let material = driver.key_material()?;
     let key = store_key(&fingerprint.fingerprint, material.as_deref());
@@ -284,10 +284,10 @@ fn consume_cold(ctx: &Context, args: &ConsumeArgs, report: &mut Report) -> Resul
         scratch.path().join("base.json"),
         scratch.path().join("target.json"),
     );
-    ctx.repo.checkout_worktree(&ctx.worktree, &base)?;
+    ctx.checkout(&base)?;
     ctx.tool
         .generate_hashes(&ctx.bazel_workspace, &startup, &base_hashes, &[])?;
-    ctx.repo.checkout_worktree(&ctx.worktree, &target)?;
+    ctx.checkout(&target)?;
     ctx.tool
         .generate_hashes(&ctx.bazel_workspace, &startup, &target_hashes, &[])?;
     let impacted = scratch.path().join("impacted.txt");

@@ -184,14 +184,14 @@ impl Driver for LocalDriver {
             plan.entry_dir.join("base_hashes.json")
         } else {
             // The entry is an older ancestor: its stored hashes are not the requested base's.
-            ctx.repo.checkout_worktree(&ctx.worktree, plan.base)?;
+            ctx.checkout(plan.base)?;
             let path = plan.scratch.join("base_hashes.json");
             ctx.tool
                 .generate_hashes(&ctx.bazel_workspace, &startup, &path, &[])
                 .context("hashing the requested base on the warm server")?;
             path
         };
-        ctx.repo.checkout_worktree(&ctx.worktree, plan.target)?;
+        ctx.checkout(plan.target)?;
         let target = plan.scratch.join("target_hashes.json");
         let incremental = incremental_args(ctx, plan)?;
         ctx.tool

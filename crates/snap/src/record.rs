@@ -71,7 +71,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     driver.check_available().map_err(anyhow::Error::new)?;
     let base = ctx.repo.commit(&args.base_sha)?;
     let _worktree = ctx.lock_worktree()?;
-    ctx.repo.checkout_worktree(&ctx.worktree, &base)?;
+    ctx.checkout(&base)?;
     let (fingerprint_json, fingerprint) = fingerprint_of_worktree(&ctx)?;
     let material = driver.key_material()?;
     let key_hex = store_key(&fingerprint.fingerprint, material.as_deref());
