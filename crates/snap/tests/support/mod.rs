@@ -52,48 +52,9 @@ pub fn bazel_diff_bin() -> PathBuf {
     sibling
 }
 
-/// Where to look for Bazel: `$BAZEL_DIFF_TEST_BAZEL`, else `bazel` on PATH.
-fn find_bazel() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("BAZEL_DIFF_TEST_BAZEL").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("bazel"))
-        .find(|candidate| {
-            fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// The Bazel to test against. When there is none, a test that needs it FAILS on CI
-/// (`CI=true`) and is skipped elsewhere: `let Some(bazel) = require_bazel() else { return };`.
-pub fn require_bazel() -> Option<PathBuf> {
-    let found = find_bazel().filter(|bazel| {
-        // `--version` is answered by the client alone: no server is started.
-        Command::new(bazel)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    match found {
-        Some(bazel) => Some(bazel),
-        None if std::env::var("CI").as_deref() == Ok("true") => panic!(
-            "CI=true but no working Bazel was found (set BAZEL_DIFF_TEST_BAZEL or put `bazel` \
-             on PATH); tests that need Bazel must not be skipped on CI"
-        ),
-        None => {
-            eprintln!(
-                "note: skipping this test: no working `bazel` on PATH (set \
-                 BAZEL_DIFF_TEST_BAZEL to run it; on CI=true this is a failure)"
-            );
-            None
-        }
-    }
-}
+// Not every suite that includes this module needs Bazel.
+#[allow(unused_imports)]
+pub use bazel_diff_testkit::require_bazel;
 
 /// What a finished run left behind.
 #[derive(Debug)]
