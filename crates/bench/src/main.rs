@@ -239,6 +239,15 @@ fn cmd_gen(a: GenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a report as pretty JSON when `--json` was given.
+fn write_json(path: Option<&Path>, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Makes a relative path with a directory part absolute (a bare name is looked up on PATH).
 fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
     Ok(if p.components().count() > 1 && p.is_relative() {
@@ -286,11 +295,7 @@ fn cmd_incremental(a: IncrementalArgs) -> anyhow::Result<()> {
             r.path
         )?;
     }
-    if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_json(a.json.as_deref(), &report)
 }
 
 fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
@@ -323,11 +328,7 @@ fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
             r.identical
         )?;
     }
-    if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_json(a.json.as_deref(), &reports)
 }
 
 fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
@@ -358,9 +359,5 @@ fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
             r.impacted_targets
         )?;
     }
-    if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_json(a.json.as_deref(), &reports)
 }

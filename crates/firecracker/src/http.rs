@@ -188,16 +188,24 @@ pub(crate) fn write_request(
     path: &str,
     body: Option<&[u8]>,
 ) -> io::Result<()> {
-    let mut out =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
+    write_message(
+        stream,
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"),
+        body,
+    )
+}
+
+/// Sends a start line and headers (`head`, each line ending in CRLF), the JSON body headers
+/// when there is a body, the blank line, then the body, in one write.
+fn write_message(stream: &mut impl Write, mut head: String, body: Option<&[u8]>) -> io::Result<()> {
     if let Some(body) = body {
-        out.push_str(&format!(
+        head.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         ));
     }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
     if let Some(body) = body {
         bytes.extend_from_slice(body);
     }
@@ -221,22 +229,13 @@ pub(crate) fn write_response(
         500 => "Internal Server Error",
         _ => "",
     };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
-    );
-    if let Some(body) = body {
-        out.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if let Some(body) = body {
-        bytes.extend_from_slice(body);
-    }
-    stream.write_all(&bytes)?;
-    stream.flush()
+    write_message(
+        stream,
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
+        ),
+        body,
+    )
 }
 
 #[cfg(test)]
