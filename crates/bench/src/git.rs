@@ -80,6 +80,11 @@ fn run(dir: &Path, args: &[&str], when: u64, input: Option<Vec<u8>>) -> Result<S
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Any git command in `dir` under the same fixed environment; its trimmed stdout.
+pub fn output(dir: &Path, args: &[&str]) -> Result<String> {
+    git(dir, args, 0)
+}
+
 /// `git init` with branch `main`.
 pub fn init(dir: &Path) -> Result<()> {
     git(dir, &["init", "-q", "--template=", "-b", "main"], 0).map(|_| ())

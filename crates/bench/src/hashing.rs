@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::measure::{median, run, Sample};
-use crate::{generate_repo, BenchError, GenConfig, Mutation, Result};
+use crate::measure::{bazel_shutdown, median, run, secs, Sample};
+use crate::{generate_repo, git, BenchError, GenConfig, Mutation, Result};
 
 /// What to measure.
 pub struct HashingBench {
@@ -36,16 +35,6 @@ pub struct HashingReport {
 
 /// The query the tool runs in its default mode, written as it writes it.
 const EXPRESSION: &str = "'//external:all-targets' + '//...:all-targets'";
-
-fn secs(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    let mut cmd = Command::new("git");
-    cmd.arg("-C").arg(dir).args(args);
-    run(cmd, None).map(|_| ())
-}
 
 impl HashingBench {
     pub fn run_all(&self, mut progress: impl FnMut(&str)) -> Result<Vec<HashingReport>> {
@@ -103,7 +92,7 @@ impl HashingBench {
             run(cmd, None)
         };
 
-        git(&ws, &["checkout", "--quiet", base])?;
+        git::output(&ws, &["checkout", "--quiet", base])?;
         progress("warming the Bazel server");
         let base_hashes = out.join("base.json");
         generate(&base_hashes)?;
@@ -118,7 +107,7 @@ impl HashingBench {
             gen_times.push(g.wall);
             rss = rss.max(g.max_rss_kib);
         }
-        git(&ws, &["checkout", "--quiet", head])?;
+        git::output(&ws, &["checkout", "--quiet", head])?;
         let head_hashes = out.join("head.json");
         generate(&head_hashes)?;
         let impacted_file = out.join("impacted.txt");
@@ -142,9 +131,7 @@ impl HashingBench {
             .map_err(|e| BenchError::msg(format!("reading {}: {e}", impacted_file.display())))?
             .lines()
             .count();
-        let mut shutdown = Command::new(&self.bazel);
-        shutdown.current_dir(&ws).arg(&startup).arg("shutdown");
-        run(shutdown, None)?;
+        bazel_shutdown(&self.bazel, &ws, &user_root);
 
         let bare_s = secs(median(bare_times));
         let gen_s = secs(median(gen_times));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::measure::{get_impacted_targets, run};
+use crate::measure::{bazel_shutdown, get_impacted_targets, run, secs};
 use crate::repo::mutate_round;
 use crate::{generate, git, BenchError, GenConfig, Mutation, Result};
 
@@ -42,31 +42,11 @@ pub struct IncrementalReport {
     pub rows: Vec<IncrementalRow>,
 }
 
-fn secs(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| BenchError::msg(format!("reading {}: {e}", path.display())))
 }
 
 impl IncrementalBench {
-    fn git(&self, ws: &Path, args: &[&str]) -> Result<String> {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(ws)
-            .args(args)
-            .output()
-            .map_err(|e| BenchError::msg(format!("git {args:?}: {e}")))?;
-        if !out.status.success() {
-            return Err(BenchError::msg(format!(
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
     fn bazel_diff(&self, ws: &Path, root: &Path, args: &[&Path]) -> Command {
         let mut cmd = Command::new(&self.bazel_diff);
         cmd.arg("generate-hashes")
@@ -122,11 +102,11 @@ impl IncrementalBench {
             let name: Vec<String> = scenario.iter().map(ToString::to_string).collect();
             let name = name.join(" ");
             progress(&format!("scenario {name}"));
-            self.git(&ws, &["checkout", "--quiet", "--force", &base])?;
-            self.git(&ws, &["clean", "-fdxq", "-e", "/bazel-*"])?;
+            git::output(&ws, &["checkout", "--quiet", "--force", &base])?;
+            git::output(&ws, &["clean", "-fdxq", "-e", "/bazel-*"])?;
             mutate_round(&ws, cfg.seed, i as u64 + 1, scenario)?;
             git::commit_all(&ws, &name, i as u64 + 1)?;
-            let changed = self.git(&ws, &["diff", "--name-only", &base, "HEAD"])?;
+            let changed = git::output(&ws, &["diff", "--name-only", &base, "HEAD"])?;
             let list = out.join(format!("changed-{i}.txt"));
             std::fs::write(&list, format!("{changed}\n"))
                 .map_err(|e| BenchError::msg(format!("writing {}: {e}", list.display())))?;
@@ -194,12 +174,7 @@ impl IncrementalBench {
                 identical,
             });
         }
-        let mut shutdown = Command::new(&self.bazel);
-        shutdown
-            .current_dir(&ws)
-            .arg(format!("--output_user_root={}", root.display()))
-            .arg("shutdown");
-        let _ = run(shutdown, None);
+        bazel_shutdown(&self.bazel, &ws, &root);
         Ok(IncrementalReport {
             targets: summary.targets,
             rows,

@@ -53,15 +53,8 @@ struct IncrementalArgs {
         default_value = "content:1,content:50,build-edit:1,build-edit:5,bzl-edit"
     )]
     scenarios: Vec<String>,
-    #[arg(long, default_value = "/tmp/bazel-diff-bench")]
-    work_dir: PathBuf,
-    #[arg(long, default_value = "bazel")]
-    bazel: PathBuf,
-    #[arg(long, default_value = "target/release/bazel-diff")]
-    bazel_diff: PathBuf,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    common: BenchCommon,
 }
 
 #[derive(Args)]
@@ -69,13 +62,8 @@ struct SnapshotArgs {
     /// Workspace sizes (approximate target counts), comma separated.
     #[arg(long, value_delimiter = ',', default_value = "15000,150000")]
     sizes: Vec<usize>,
-    /// Scratch directory (large: several GB at 150k).
-    #[arg(long, default_value = "/tmp/bazel-diff-bench")]
-    work_dir: PathBuf,
-    #[arg(long, default_value = "bazel")]
-    bazel: PathBuf,
-    #[arg(long, default_value = "target/release/bazel-diff")]
-    bazel_diff: PathBuf,
+    #[command(flatten)]
+    common: BenchCommon,
     #[arg(long, default_value = "target/release/bazel-diff-snap")]
     bazel_diff_snap: PathBuf,
     /// The change between base and head (repeatable), e.g. content:1, build-edit:2.
@@ -85,9 +73,6 @@ struct SnapshotArgs {
         default_value = "content:1"
     )]
     mutations: Vec<Mutation>,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -98,7 +83,14 @@ struct HashingArgs {
     /// Measured runs per size (medians are reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Scratch directory for workspaces, output bases and results (large: ~2 GB at 150k).
+    #[command(flatten)]
+    common: BenchCommon,
+}
+
+/// Flags every measuring subcommand takes.
+#[derive(Args)]
+struct BenchCommon {
+    /// Scratch directory for workspaces, output roots and results (several GB at 150k).
     #[arg(long, default_value = "/tmp/bazel-diff-bench")]
     work_dir: PathBuf,
     /// Bazel binary.
@@ -269,9 +261,9 @@ fn cmd_incremental(a: IncrementalArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let bench = bazel_diff_bench::incremental::IncrementalBench {
         size: a.size,
-        work_dir: absolute(a.work_dir)?,
-        bazel: a.bazel,
-        bazel_diff: absolute(a.bazel_diff)?,
+        work_dir: absolute(a.common.work_dir)?,
+        bazel: a.common.bazel,
+        bazel_diff: absolute(a.common.bazel_diff)?,
         scenarios,
     };
     let report = bench.run(|msg| eprintln!("[bench] {msg}"))?;
@@ -295,15 +287,15 @@ fn cmd_incremental(a: IncrementalArgs) -> anyhow::Result<()> {
             r.path
         )?;
     }
-    write_json(a.json.as_deref(), &report)
+    write_json(a.common.json.as_deref(), &report)
 }
 
 fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
     let bench = bazel_diff_bench::snapshot::SnapshotBench {
         sizes: a.sizes,
-        work_dir: absolute(a.work_dir)?,
-        bazel: a.bazel,
-        bazel_diff: absolute(a.bazel_diff)?,
+        work_dir: absolute(a.common.work_dir)?,
+        bazel: a.common.bazel,
+        bazel_diff: absolute(a.common.bazel_diff)?,
         bazel_diff_snap: absolute(a.bazel_diff_snap)?,
         mutations: a.mutations,
     };
@@ -328,16 +320,16 @@ fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
             r.identical
         )?;
     }
-    write_json(a.json.as_deref(), &reports)
+    write_json(a.common.json.as_deref(), &reports)
 }
 
 fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
     let bench = bazel_diff_bench::hashing::HashingBench {
         sizes: a.sizes,
         runs: a.runs.max(1),
-        work_dir: absolute(a.work_dir)?,
-        bazel: a.bazel,
-        bazel_diff: absolute(a.bazel_diff)?,
+        work_dir: absolute(a.common.work_dir)?,
+        bazel: a.common.bazel,
+        bazel_diff: absolute(a.common.bazel_diff)?,
     };
     let reports = bench.run_all(|msg| eprintln!("[bench] {msg}"))?;
     let mut out = std::io::stdout().lock();
@@ -359,5 +351,5 @@ fn cmd_hashing(a: HashingArgs) -> anyhow::Result<()> {
             r.impacted_targets
         )?;
     }
-    write_json(a.json.as_deref(), &reports)
+    write_json(a.common.json.as_deref(), &reports)
 }

@@ -95,3 +95,17 @@ pub fn get_impacted_targets(
     ]);
     run(cmd, None).map(|s| s.wall)
 }
+
+/// Seconds rounded to the millisecond, for reports.
+pub fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// `bazel --output_user_root=<root> shutdown` in `ws`, best effort (cleanup only).
+pub fn bazel_shutdown(bazel: &Path, ws: &Path, user_root: &Path) {
+    let mut cmd = Command::new(bazel);
+    cmd.current_dir(ws)
+        .arg(format!("--output_user_root={}", user_root.display()))
+        .arg("shutdown");
+    let _ = run(cmd, None);
+}

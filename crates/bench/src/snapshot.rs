@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::measure::{get_impacted_targets, run};
-use crate::{generate_repo, BenchError, GenConfig, Mutation, Result};
+use crate::measure::{bazel_shutdown, get_impacted_targets, run, secs};
+use crate::{generate_repo, git, BenchError, GenConfig, Mutation, Result};
 
 pub struct SnapshotBench {
     pub sizes: Vec<usize>,
@@ -44,10 +44,6 @@ pub struct SnapshotReport {
     pub identical: bool,
 }
 
-fn secs(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchError {
     let path = path.to_owned();
     move |e| BenchError::msg(format!("{what} {}: {e}", path.display()))
@@ -60,12 +56,6 @@ impl SnapshotBench {
             .iter()
             .map(|&size| self.run_size(size, &mut progress))
             .collect()
-    }
-
-    fn git(&self, ws: &Path, args: &[&str]) -> Result<()> {
-        let mut cmd = Command::new("git");
-        cmd.arg("-C").arg(ws).args(args);
-        run(cmd, None).map(|_| ())
     }
 
     fn generate(&self, ws: &Path, root: &Path, out: &Path) -> Result<Duration> {
@@ -85,14 +75,6 @@ impl SnapshotBench {
         get_impacted_targets(&self.bazel_diff, ws, base, head, out)
     }
 
-    fn shutdown(&self, ws: &Path, root: &Path) {
-        let mut cmd = Command::new(&self.bazel);
-        cmd.current_dir(ws)
-            .arg(format!("--output_user_root={}", root.display()))
-            .arg("shutdown");
-        let _ = run(cmd, None);
-    }
-
     /// base + head + diff on the server under `root`; returns the times and impacted file.
     #[allow(clippy::too_many_arguments)]
     fn full_diff(
@@ -109,9 +91,9 @@ impl SnapshotBench {
             out.join(format!("{name}-head.json")),
         );
         let impacted = out.join(format!("{name}-impacted.txt"));
-        self.git(ws, &["checkout", "--quiet", base])?;
+        git::output(ws, &["checkout", "--quiet", base])?;
         let b = self.generate(ws, root, &base_json)?;
-        self.git(ws, &["checkout", "--quiet", head])?;
+        git::output(ws, &["checkout", "--quiet", head])?;
         let h = self.generate(ws, root, &head_json)?;
         let d = self.impacted(ws, &base_json, &head_json, &impacted)?;
         let mut times = ModeTimes {
@@ -145,7 +127,7 @@ impl SnapshotBench {
         let (cold, cold_impacted) = self.full_diff(&ws, &cold_root, &out, "cold", &base, &head)?;
         progress("warm: same work on the server left running");
         let (warm, warm_impacted) = self.full_diff(&ws, &cold_root, &out, "warm", &base, &head)?;
-        self.shutdown(&ws, &cold_root);
+        bazel_shutdown(&self.bazel, &ws, &cold_root);
 
         progress("snapshot: record the base once");
         let snap = |args: &[&str]| {
@@ -193,7 +175,7 @@ impl SnapshotBench {
                     .flatten()
                     .flatten()
                 {
-                    self.shutdown(&repo.path().join("worktree"), &fp.path());
+                    bazel_shutdown(&self.bazel, &repo.path().join("worktree"), &fp.path());
                 }
             }
         }
