@@ -38,6 +38,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use bazel_diff_format::cmp_utf16;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -104,7 +105,7 @@ impl FingerprintFlags {
         let list = |items: &[String]| items.join(" ");
         let set = |items: &[String]| {
             let mut sorted: Vec<&str> = items.iter().map(String::as_str).collect();
-            sorted.sort_by(|a, b| java_order(a, b));
+            sorted.sort_by(|a, b| cmp_utf16(a, b));
             sorted.dedup();
             sorted.join(",")
         };
@@ -339,7 +340,7 @@ fn framed_hex(pairs: &BTreeMap<String, Vec<u8>>) -> String {
 
 fn compute(inputs: &Inputs) -> Fingerprint {
     let mut rcs: Vec<&(String, Vec<u8>)> = inputs.bazelrc.iter().collect();
-    rcs.sort_by(|a, b| java_order(&a.0, &b.0));
+    rcs.sort_by(|a, b| cmp_utf16(&a.0, &b.0));
     let workspace_files: Vec<(&str, String)> = inputs
         .workspace_files
         .iter()
@@ -394,7 +395,7 @@ fn compute(inputs: &Inputs) -> Fingerprint {
 /// Upstream's final step: `name || hex` of each component, sorted by name.
 fn combine(components: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = components.iter().collect();
-    sorted.sort_by(|a, b| java_order(&a.0, &b.0));
+    sorted.sort_by(|a, b| cmp_utf16(&a.0, &b.0));
     sha256_hex(
         sorted
             .iter()
@@ -420,10 +421,6 @@ fn sha256_hex<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
 
 /// Upstream sorts with Java's `String.compareTo`, i.e. by UTF-16 code units; this differs from
 /// Rust's byte order only for characters above U+FFFF.
-fn java_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.encode_utf16().cmp(b.encode_utf16())
-}
-
 /// The bytes of `path` if it is a regular file (following symlinks), else `None`, as upstream.
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FingerprintError> {
     if !fs::metadata(path).is_ok_and(|m| m.is_file()) {

@@ -105,14 +105,9 @@ pub enum HashError {
     BadAttribute { label: String },
 }
 
-/// Compares strings the way Java's `String.compareTo` does (UTF-16 code units), which is
-/// upstream's order for labels, paths and attribute names.
-pub fn java_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    if a.is_ascii() && b.is_ascii() {
-        return a.cmp(b);
-    }
-    a.encode_utf16().cmp(b.encode_utf16())
-}
+/// Java's `String.compareTo` order (UTF-16 code units), upstream's order for labels, paths
+/// and attribute names; one implementation for the whole project.
+pub use bazel_diff_format::cmp_utf16 as java_cmp;
 
 /// Lowercase hex of a digest.
 pub fn to_hex(digest: &Digest) -> String {
