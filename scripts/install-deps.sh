@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing this project needs on a Debian machine:
 #   bazel-bootstrap (Bazel 4.2.3, the only Bazel these machines can get), git, a C toolchain.
+#   the shellcheck linter, moto[server] from PyPI (the S3-compatible server of the shared-store tests), python3 if missing.
 # Rust itself comes from the machine's rustup; this script only checks that cargo is there.
 # Idempotent, and quiet unless it installs something. Installing needs root (or sudo).
 set -euo pipefail
@@ -12,6 +13,8 @@ dpkg-query -W -f='${Status}' bazel-bootstrap 2>/dev/null | grep -q 'install ok i
   || missing+=(bazel-bootstrap)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -33,6 +36,18 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
   log "installed ${missing[*]}"
+fi
+
+# moto (PyPI): the S3-compatible server the shared-store tests start on a loopback port.
+if ! python3 -c 'import moto.server, flask, werkzeug' >/dev/null 2>&1; then
+  log "installing moto[server] from PyPI"
+  pip=(python3 -m pip install --quiet --disable-pip-version-check 'moto[server]')
+  # Debian's own python3 refuses pip installs without this flag (PEP 668).
+  "${pip[@]}" >/dev/null 2>&1 || "${pip[@]}" --break-system-packages >/dev/null \
+    || { log "pip install 'moto[server]' failed"; exit 1; }
+  python3 -c 'import moto.server, flask, werkzeug' \
+    || { log "moto was installed but cannot be imported"; exit 1; }
+  log "installed moto"
 fi
 
 if ! bazel --version >/dev/null 2>&1; then

@@ -8,7 +8,7 @@ mod process;
 mod query;
 
 pub use process::{BazelError, StderrTail};
-pub use query::{QueryExpression, QueryOutput, QueryProcess};
+pub use query::{QueryExpression, QueryOutput, QueryProcess, QueryStdout};
 
 use std::path::{Path, PathBuf};
 

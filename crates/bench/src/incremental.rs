@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::measure::{bazel_shutdown, get_impacted_targets, run, secs};
+use crate::mutate::add_partial_bzl;
 use crate::repo::mutate_round;
 use crate::{generate, git, BenchError, GenConfig, Mutation, Result};
 
@@ -29,7 +30,8 @@ pub struct IncrementalRow {
     pub full_s: f64,
     /// generate-hashes --incremental-from + get-impacted-targets.
     pub incremental_s: f64,
-    /// `graph-stable` or `full query: <reason>`, as bazel-diff said.
+    /// `graph-stable path`, `package-local path` or `full query: <reason>`, as bazel-diff
+    /// said.
     pub path: String,
     pub speedup: f64,
     pub impacted_targets: usize,
@@ -83,7 +85,20 @@ impl IncrementalBench {
         ));
         let mut cfg = GenConfig::default();
         cfg.packages = cfg.packages_for_targets(self.size);
-        let summary = generate(&cfg, &ws)?;
+        let mut summary = generate(&cfg, &ws)?;
+        let partial = self
+            .scenarios
+            .iter()
+            .flatten()
+            .any(|m| *m == Mutation::PartialBzlEdit);
+        if partial {
+            let loaders = add_partial_bzl(&ws, 10)?;
+            // Each loader gains the macro's rule and its output.
+            summary.targets += loaders * 2;
+            progress(&format!(
+                "{loaders} packages load tools/partial.bzl (partial-bzl-edit)"
+            ));
+        }
         git::init(&ws)?;
         let base = git::commit_initial_fast(&ws, "base", 0)?;
 

@@ -3,6 +3,7 @@
 //! them reproducibly ([`git`]). The `bazel-diff-bench` binary is a thin CLI over this.
 
 pub mod error;
+pub mod fc_store;
 pub mod gen;
 pub mod git;
 pub mod hashing;

@@ -38,6 +38,8 @@ enum Command {
     /// Full query (warm server) vs `generate-hashes --incremental-from` for several kinds of
     /// change from one base; fails unless both give byte-identical hashes.
     Incremental(IncrementalArgs),
+    /// Store size of firecracker entries (a real entry, or synthetic Full vs Diff memory).
+    FcStore(bazel_diff_bench::fc_store::FcStoreArgs),
 }
 
 #[derive(Args)]
@@ -50,7 +52,7 @@ struct IncrementalArgs {
     #[arg(
         long = "scenario",
         value_delimiter = ',',
-        default_value = "content:1,content:50,build-edit:1,build-edit:5,bzl-edit"
+        default_value = "content:1,content:50,build-edit:1,build-edit:5,partial-bzl-edit,bzl-edit"
     )]
     scenarios: Vec<String>,
     #[command(flatten)]
@@ -163,6 +165,7 @@ fn main() -> anyhow::Result<()> {
         Command::Hashing(args) => cmd_hashing(args),
         Command::Snapshot(args) => cmd_snapshot(args),
         Command::Incremental(args) => cmd_incremental(args),
+        Command::FcStore(args) => bazel_diff_bench::fc_store::run(args),
     }
 }
 

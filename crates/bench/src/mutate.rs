@@ -32,6 +32,9 @@ pub enum Mutation {
     NewTarget(usize),
     /// Edit the body of the `bench_genrule` macro (changes every generated rule's `cmd`).
     BzlEdit,
+    /// Edit the macro of `tools/partial.bzl`, which one package in ten loads (see
+    /// [`add_partial_bzl`]).
+    PartialBzlEdit,
 }
 
 impl Mutation {
@@ -43,6 +46,7 @@ impl Mutation {
             Mutation::DeleteFile(_) => "delete-file",
             Mutation::NewTarget(_) => "new-target",
             Mutation::BzlEdit => "bzl-edit",
+            Mutation::PartialBzlEdit => "partial-bzl-edit",
         }
     }
 
@@ -53,7 +57,7 @@ impl Mutation {
             | Mutation::AddFile(k)
             | Mutation::DeleteFile(k)
             | Mutation::NewTarget(k) => Some(k),
-            Mutation::BzlEdit => None,
+            Mutation::BzlEdit | Mutation::PartialBzlEdit => None,
         }
     }
 }
@@ -99,10 +103,11 @@ impl FromStr for Mutation {
             "delete-file" => Mutation::DeleteFile(k),
             "new-target" => Mutation::NewTarget(k),
             "bzl-edit" if count.is_none() => Mutation::BzlEdit,
-            "bzl-edit" => return Err(err("bzl-edit takes no count")),
+            "partial-bzl-edit" if count.is_none() => Mutation::PartialBzlEdit,
+            "bzl-edit" | "partial-bzl-edit" => return Err(err("a .bzl edit takes no count")),
             _ => {
                 return Err(err(
-                    "unknown kind; expected content, build-edit, add-file, delete-file, new-target or bzl-edit",
+                    "unknown kind; expected content, build-edit, add-file, delete-file, new-target, bzl-edit or partial-bzl-edit",
                 ))
             }
         })
@@ -224,6 +229,65 @@ fn pick_sources(
     Ok(out)
 }
 
+/// The macro file [`add_partial_bzl`] adds; `partial-bzl-edit` bumps its `partial-vN` marker.
+const PARTIAL_BZL: &str = r#""""A macro only some packages load (the partial-bzl-edit mutation)."""
+
+def partial_genrule(name, srcs = []):
+    native.genrule(
+        name = name,
+        srcs = srcs,
+        outs = [name + ".partial"],
+        cmd = "(echo partial-v1; cat $(SRCS)) > $@",
+    )
+"#;
+
+/// Makes one package in `every` load `tools/partial.bzl` and call its macro (the workspace
+/// shape the `partial-bzl-edit` mutation needs); returns how many packages load it.
+pub fn add_partial_bzl(dir: &Path, every: usize) -> Result<usize> {
+    write(&dir.join("tools/partial.bzl"), PARTIAL_BZL)?;
+    let mut loaders = 0;
+    for pkg in list_packages(dir)?.iter().step_by(every.max(1)) {
+        let path = dir.join(&pkg.rel).join("BUILD");
+        let text = read(&path)?;
+        // `load` must precede every other statement.
+        write(
+            &path,
+            &format!(
+                "load(\"//tools:partial.bzl\", \"partial_genrule\")\n{text}\npartial_genrule(name = \"partial\", srcs = [\":srcs\"])\n"
+            ),
+        )?;
+        loaders += 1;
+    }
+    Ok(loaders)
+}
+
+/// Replaces the number after the first `marker` in the file at `rel` with its successor.
+fn bump_marker(dir: &Path, rel: &str, marker: &str) -> Result<()> {
+    let path = dir.join(rel);
+    let text = read(&path)?;
+    let Some(at) = text.find(marker) else {
+        return Err(BenchError::NotAWorkspace {
+            dir: dir.into(),
+            reason: format!("no {marker}N marker in {rel}"),
+        });
+    };
+    let digits_start = at + marker.len();
+    let digits_len = text[digits_start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .count();
+    let n: u64 = text[digits_start..digits_start + digits_len]
+        .parse()
+        .unwrap_or(0);
+    let new = format!(
+        "{}{}{}",
+        &text[..digits_start],
+        n + 1,
+        &text[digits_start + digits_len..]
+    );
+    write(&path, &new)
+}
+
 /// Applies `m` to the workspace at `dir`. Never touches `.git`; the caller commits.
 pub fn apply_mutation(dir: &Path, m: &Mutation, rng: &mut Rng) -> Result<MutationReport> {
     let mut rep = MutationReport {
@@ -232,30 +296,12 @@ pub fn apply_mutation(dir: &Path, m: &Mutation, rng: &mut Rng) -> Result<Mutatio
     };
     match *m {
         Mutation::BzlEdit => {
-            let path = dir.join("tools/defs.bzl");
-            let text = read(&path)?;
-            let Some(at) = text.find("bench-v") else {
-                return Err(BenchError::NotAWorkspace {
-                    dir: dir.into(),
-                    reason: "no bench-vN marker in tools/defs.bzl".into(),
-                });
-            };
-            let digits_start = at + "bench-v".len();
-            let digits_len = text[digits_start..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .count();
-            let n: u64 = text[digits_start..digits_start + digits_len]
-                .parse()
-                .unwrap_or(0);
-            let new = format!(
-                "{}{}{}",
-                &text[..digits_start],
-                n + 1,
-                &text[digits_start + digits_len..]
-            );
-            write(&path, &new)?;
+            bump_marker(dir, "tools/defs.bzl", "bench-v")?;
             rep.modified.push("tools/defs.bzl".into());
+        }
+        Mutation::PartialBzlEdit => {
+            bump_marker(dir, "tools/partial.bzl", "partial-v")?;
+            rep.modified.push("tools/partial.bzl".into());
         }
         Mutation::Content(k) => {
             let pkgs = list_packages(dir)?;

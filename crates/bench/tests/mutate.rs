@@ -2,7 +2,7 @@
 
 mod common;
 
-use bazel_diff_bench::mutate::list_packages;
+use bazel_diff_bench::mutate::{add_partial_bzl, list_packages};
 use bazel_diff_bench::{apply_mutation, generate, Mutation, Rng};
 use common::{changed, rule_names, small_config, snapshot, text};
 
@@ -21,12 +21,20 @@ fn parse_and_display_round_trip() -> anyhow::Result<()> {
         "delete-file:5",
         "new-target:1",
         "bzl-edit",
+        "partial-bzl-edit",
     ] {
         let m: Mutation = s.parse()?;
         assert_eq!(m.to_string(), s);
     }
     assert_eq!("content".parse::<Mutation>()?, Mutation::Content(1));
-    for bad in ["", "contents:1", "content:x", "bzl-edit:2", "content:-1"] {
+    for bad in [
+        "",
+        "contents:1",
+        "content:x",
+        "bzl-edit:2",
+        "partial-bzl-edit:1",
+        "content:-1",
+    ] {
         assert!(bad.parse::<Mutation>().is_err(), "{bad:?} should not parse");
     }
     Ok(())
@@ -180,6 +188,28 @@ fn bzl_edit_bumps_the_macro_body_and_keeps_line_numbers() -> anyhow::Result<()> 
     }
     let (modified, added, deleted) = changed(&before, &snapshot(d.path()));
     assert_eq!(modified, vec!["tools/defs.bzl".to_string()]);
+    assert!(added.is_empty() && deleted.is_empty());
+    Ok(())
+}
+
+#[test]
+fn partial_bzl_is_loaded_by_every_tenth_package_and_edited() -> anyhow::Result<()> {
+    let d = fresh()?;
+    let packages = list_packages(d.path())?;
+    let loaders = add_partial_bzl(d.path(), 10)?;
+    assert_eq!(loaders, packages.len().div_ceil(10));
+    let first = text(d.path(), &format!("{}/BUILD", packages[0].rel));
+    assert!(
+        first.starts_with("load(\"//tools:partial.bzl\", \"partial_genrule\")\n"),
+        "{first}"
+    );
+    assert!(!text(d.path(), &format!("{}/BUILD", packages[1].rel)).contains("partial"));
+    let before = snapshot(d.path());
+    let rep = apply_mutation(d.path(), &Mutation::PartialBzlEdit, &mut Rng::new(0))?;
+    assert_eq!(rep.modified, vec!["tools/partial.bzl".to_string()]);
+    assert!(text(d.path(), "tools/partial.bzl").contains("partial-v2"));
+    let (modified, added, deleted) = changed(&before, &snapshot(d.path()));
+    assert_eq!(modified, vec!["tools/partial.bzl".to_string()]);
     assert!(added.is_empty() && deleted.is_empty());
     Ok(())
 }

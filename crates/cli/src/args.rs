@@ -273,15 +273,17 @@ pub struct GenerateHashesArgs {
     pub output_path: Option<PathBuf>,
 }
 
-/// The graph state for incremental runs (issue 6, graph-stable path).
+/// The graph state for incremental runs (issue 6: graph-stable and package-local paths).
 #[derive(Args, Debug, Clone, Default)]
 pub struct IncrementalArgs {
     /// Also write the computed graph in compact binary form (atomically) for later
     /// `--incremental-from` runs.
     #[arg(long = "write-graph-state", value_name = "FILE")]
     pub write_graph_state: Option<PathBuf>,
-    /// Start from this graph state instead of querying Bazel when only contents of existing
-    /// source files changed (falls back to the full query otherwise, saying why on stderr).
+    /// Start from this graph state instead of querying the whole workspace: no query when
+    /// only contents of existing source files changed, a query of the affected packages when
+    /// BUILD files, `.bzl` files or the set of files changed (falls back to the full query
+    /// otherwise, saying why on stderr).
     #[arg(
         long = "incremental-from",
         value_name = "FILE",
@@ -296,6 +298,11 @@ pub struct IncrementalArgs {
         requires = "incremental_from"
     )]
     pub incremental_changed: Option<PathBuf>,
+    /// After an incremental run, also run the full query and fail (exit 1, naming the first
+    /// differing target) unless both hash lists are identical: the canary for trusting the
+    /// incremental paths on a repository.
+    #[arg(long = "incremental-verify", requires = "incremental_from")]
+    pub incremental_verify: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bazel_diff_bazel::{Bazel, BazelError, QueryExpression, QueryOutput};
 use bazel_diff_hash::{GraphBuilder, GraphState, HashConfig, HashedTarget, RepoRoots};
-use bazel_diff_query::TargetStream;
+use bazel_diff_query::{FrameReader, QueryDecodeError, TargetStream};
 use sha2::{Digest as _, Sha256};
 
 use crate::args::{comma_set, normalize_path, space_list, GenerateHashesArgs, QueryFlags};
@@ -204,7 +204,7 @@ fn random_salt() -> String {
 }
 
 /// Runs one query and feeds its targets to `builder`, filtered by `keep`.
-fn stream_query(
+pub(crate) fn stream_query(
     settings: &GenerateSettings,
     output: &QueryOutput,
     expression: &str,
@@ -218,32 +218,46 @@ fn stream_query(
         .start_query(output, expression, settings.flags.keep_going, options, true)
         .map_err(QueryFailure::Bazel)?;
     let stdout = process.take_stdout().expect("stdout is piped");
-    let mut first = true;
-    for target in TargetStream::new(stdout, process.framing) {
-        if first {
-            tracing::debug!("first target arrived");
-            first = false;
-        }
-        let target = target.map_err(|e| QueryFailure::Decode(e.into()))?;
-        if let Some(keep) = keep {
-            if !target.label().is_some_and(|l| keep.contains(l)) {
-                continue;
+    let mut frames = FrameReader::new(stdout, process.framing);
+    let decode_error = |e: QueryDecodeError| QueryFailure::Decode(e.into());
+    if keep.is_none() && !settings.hash_config.use_cquery && process.framing.messages_are_targets()
+    {
+        // Nothing to filter or de-duplicate by label: the pool decodes, and this thread only
+        // reads, so it takes as little CPU as possible from Bazel's serializer.
+        loop {
+            let index = frames.index();
+            let Some(message) = frames.next_message().map_err(decode_error)? else {
+                break;
+            };
+            if index == 0 {
+                tracing::debug!("first target arrived");
             }
+            progress.inc();
+            builder.add_message(message, index);
         }
-        progress.inc();
-        builder.add(target);
+    } else {
+        for target in TargetStream::from_frames(frames) {
+            let target = target.map_err(decode_error)?;
+            if let Some(keep) = keep {
+                if !target.label().is_some_and(|l| keep.contains(l)) {
+                    continue;
+                }
+            }
+            progress.inc();
+            builder.add(target);
+        }
     }
     tracing::debug!("query output ended");
     process.wait().map_err(QueryFailure::Bazel)
 }
 
-enum QueryFailure {
+pub(crate) enum QueryFailure {
     Bazel(BazelError),
     Decode(anyhow::Error),
 }
 
 impl QueryFailure {
-    fn into_error(self) -> anyhow::Error {
+    pub(crate) fn into_error(self) -> anyhow::Error {
         match self {
             QueryFailure::Bazel(e) => anyhow::Error::new(e),
             QueryFailure::Decode(e) => e.context("decoding the query output"),
@@ -398,12 +412,6 @@ pub fn hash_workspace_with_state(
     };
     crate::workers::full_speed();
     let queried = started.elapsed();
-    if builder.skipped() > 0 {
-        tracing::info!(
-            "dropped {} targets of kinds that are not hashed",
-            builder.skipped()
-        );
-    }
     let (mut hashed, state) = if want_state {
         let (hashed, mut state) = builder.finish_with_state()?;
         state.config_digest = settings.graph_config_digest;
@@ -467,103 +475,6 @@ fn graph_config_digest(args: &GenerateHashesArgs, config: &HashConfig) -> [u8; 3
     Sha256::digest(text.as_bytes()).into()
 }
 
-/// Files whose change can change the graph itself (never graph-stable).
-fn graph_file_reason(path: &str) -> Option<&'static str> {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    if matches!(name, "BUILD" | "BUILD.bazel" | "REPO.bazel") {
-        return Some("a BUILD file");
-    }
-    if name.ends_with(".bzl") || name.ends_with(".scl") {
-        return Some("a Starlark file");
-    }
-    if name.starts_with("WORKSPACE")
-        || name.starts_with("MODULE")
-        || name.starts_with(".bazelrc")
-        || name.ends_with(".bazelrc")
-        || matches!(name, ".bazelignore" | ".bazelversion" | ".bazeliskrc")
-        || path == "tools/bazel"
-    {
-        return Some("a workspace configuration file");
-    }
-    // Files repository rules and module extensions commonly read: a content change can
-    // change external repositories (and their synthetic //external targets).
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with(".lock")
-        || lower.starts_with("requirements")
-        || lower.ends_with("_install.json")
-        || matches!(
-            lower.as_str(),
-            "go.mod"
-                | "go.sum"
-                | "go.work"
-                | "package.json"
-                | "package-lock.json"
-                | "pnpm-lock.yaml"
-                | "yarn.lock"
-                | "cargo.toml"
-                | "pyproject.toml"
-                | "gemfile"
-                | "pom.xml"
-        )
-    {
-        return Some("a dependency manifest or lock file that repository rules may read");
-    }
-    None
-}
-
-/// The graph-stable path: `Ok(None)` (with the reason) when the full query is needed.
-fn try_incremental(
-    settings: &GenerateSettings,
-    state_path: &Path,
-    changed_path: &Path,
-) -> Result<std::result::Result<(Vec<HashedTarget>, GraphState), String>> {
-    let started = Instant::now();
-    let changed: Vec<String> = read_lines(changed_path, "changed path list")?
-        .into_iter()
-        .map(|l| l.trim().trim_start_matches("./").to_owned())
-        .filter(|l| !l.is_empty())
-        .collect();
-    if let Some((path, why)) = changed
-        .iter()
-        .find_map(|p| graph_file_reason(p).map(|why| (p, why)))
-    {
-        return Ok(Err(format!("{path} is {why}")));
-    }
-    let mut state = match GraphState::read_from(state_path) {
-        Ok(state) => state,
-        Err(e) => return Ok(Err(format!("cannot use {}: {e}", state_path.display()))),
-    };
-    let loaded = started.elapsed();
-    let config = &settings.hash_config;
-    if state.config_digest != settings.graph_config_digest {
-        return Ok(Err(
-            "the state was written with different settings (seed, flags or options)".into(),
-        ));
-    }
-    if state.seed != config.seed
-        || state.track_deps != config.track_deps
-        || state.use_cquery != config.use_cquery
-    {
-        return Ok(Err(
-            "the state was written with a different seed or flags".into()
-        ));
-    }
-    let indices = match state.resolve_changed(config, &changed) {
-        Ok(indices) => indices,
-        Err(refusal) => return Ok(Err(refusal.to_string())),
-    };
-    let hashed = state.update_sources(config, &indices)?;
-    eprintln!(
-        "bazel-diff: incremental: graph-stable path, no Bazel query: {} changed path(s), {} source target(s) rehashed, {} targets (state loaded in {:.1?}, total {:.1?})",
-        changed.len(),
-        indices.len(),
-        hashed.len(),
-        loaded,
-        started.elapsed()
-    );
-    Ok(Ok((hashed, state)))
-}
-
 pub fn run(args: &GenerateHashesArgs) -> Result<()> {
     let settings = GenerateSettings::from_args(args)?;
     let inc = &args.incremental;
@@ -572,10 +483,16 @@ pub fn run(args: &GenerateHashesArgs) -> Result<()> {
     if let (Some(state_path), Some(changed_path)) =
         (&inc.incremental_from, &inc.incremental_changed)
     {
-        match try_incremental(&settings, state_path, changed_path)? {
+        match crate::incremental::try_incremental(&settings, state_path, changed_path, want_state)?
+        {
             Ok((mut hashed, state)) => {
                 settings.filter_types(&mut hashed);
-                result = Some((hashed, Some(state)));
+                if inc.incremental_verify {
+                    let (full, _) = hash_workspace_with_state(&settings, false)?;
+                    crate::incremental::verify(&hashed, &full)?;
+                    eprintln!("bazel-diff: incremental: verified: identical to the full query");
+                }
+                result = Some((hashed, state));
             }
             Err(reason) => {
                 eprintln!("bazel-diff: incremental: full query: {reason}");
@@ -593,45 +510,4 @@ pub fn run(args: &GenerateHashesArgs) -> Result<()> {
             .with_context(|| format!("writing the graph state {}", path.display()))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod incremental_tests {
-    use super::graph_file_reason;
-
-    #[test]
-    fn graph_shaping_files_are_never_graph_stable() {
-        for path in [
-            "BUILD",
-            "a/b/BUILD.bazel",
-            "REPO.bazel",
-            "tools/defs.bzl",
-            "x/consts.scl",
-            "WORKSPACE",
-            "WORKSPACE.bzlmod",
-            "MODULE.bazel",
-            "MODULE.bazel.lock",
-            ".bazelrc",
-            ".bazelrc.user",
-            "tools/ci.bazelrc",
-            ".bazelignore",
-            ".bazelversion",
-            "tools/bazel",
-            "third_party/requirements_lock.txt",
-            "go.sum",
-            "web/pnpm-lock.yaml",
-            "Cargo.lock",
-            "maven_install.json",
-        ] {
-            assert!(graph_file_reason(path).is_some(), "{path}");
-        }
-        for path in [
-            "src/main.rs",
-            "docs/BUILD.md",
-            "a/builder.txt",
-            "lib/data/a.txt",
-        ] {
-            assert_eq!(graph_file_reason(path), None, "{path}");
-        }
-    }
 }

@@ -371,6 +371,26 @@ fn consume_with_file_backend_and_overrides() {
             snapshot_type: Some(SnapshotType::Diff),
         })
         .unwrap();
+    // With dirty tracking the diff holds only the dirtied pages, at their offsets.
+    let full = std::fs::read(rec.path("mem")).unwrap();
+    let diff = std::fs::read(con.path("mem.diff")).unwrap();
+    assert_eq!(full.len(), diff.len());
+    let data_pages = |mem: &[u8]| {
+        mem.chunks(4096)
+            .filter(|p| p.iter().any(|b| *b != 0))
+            .count()
+    };
+    assert_eq!(data_pages(&full), full.len() / 4096);
+    let dirty = data_pages(&diff);
+    assert!(
+        dirty >= 1 && dirty < full.len() / 4096,
+        "{dirty} dirty pages"
+    );
+    // Loading the diff's memory alone is refused (a real guest would crash on the holes).
+    let alone = Fixture::new();
+    let load = SnapshotLoadParams::new(con.p("vmstate.diff"), BackendType::File, con.p("mem.diff"));
+    let err = alone.client.load_snapshot(&load).unwrap_err().to_string();
+    assert!(err.contains("without its parent"), "{err}");
 }
 
 /// Records a small snapshot in `f` and returns (vmstate, mem) paths.

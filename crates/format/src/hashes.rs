@@ -7,10 +7,10 @@ use std::path::Path;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 
 use crate::contract::{
-    DEP_EDGES_KEY, HASHES_KEY, HASH_SEPARATOR, METADATA_KEY, MODULE_GRAPH_JSON_KEY,
+    DEP_EDGES_KEY, HASHES_KEY, HASH_SEPARATOR, INDENT, METADATA_KEY, MODULE_GRAPH_JSON_KEY,
 };
 use crate::error::{ParseError, ReadError, ValueError};
-use crate::gson::Pretty;
+use crate::gson::{escape_into, Pretty};
 use crate::json_read::{parse_object, DepEdgesVisitor, Key, Loose, LooseSeed, SkipObject, Slot};
 use crate::map::Hashes;
 use crate::target::TargetHash;
@@ -139,14 +139,13 @@ pub struct HashEntry<'a> {
 }
 
 /// Lowercase hex of a digest into `buf`, without allocating.
-fn hex_digest<'b>(digest: &[u8; 32], buf: &'b mut [u8; 64]) -> &'b str {
+fn hex_digest<'b>(digest: &[u8; 32], buf: &'b mut [u8; 64]) -> &'b [u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, byte) in digest.iter().enumerate() {
         buf[2 * i] = HEX[usize::from(byte >> 4)];
         buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
-    // Only ASCII hex digits were written.
-    std::str::from_utf8(buf).unwrap_or_default()
+    buf
 }
 
 /// Writes a flat hashes file straight from `entries`, which must be sorted by label (bytes)
@@ -155,29 +154,58 @@ pub fn write_hash_entries<'a, W: Write>(
     out: W,
     entries: impl IntoIterator<Item = HashEntry<'a>>,
 ) -> io::Result<()> {
+    let mut run = Vec::new();
+    format_hash_entries(&mut run, entries, true);
+    write_hash_entry_runs(out, &[run])
+}
+
+/// Appends `entries` (sorted by label, unique) to `run` exactly as they appear inside a flat
+/// hashes file; `first` says whether they start the file. Consecutive runs can be formatted
+/// on several threads and joined by [`write_hash_entry_runs`].
+pub fn format_hash_entries<'a>(
+    run: &mut Vec<u8>,
+    entries: impl IntoIterator<Item = HashEntry<'a>>,
+    first: bool,
+) {
     let mut separator = [0; 4];
-    let sep: &str = HASH_SEPARATOR.encode_utf8(&mut separator);
-    let mut w = Pretty::new(out);
-    w.begin_object()?;
+    let sep = HASH_SEPARATOR.encode_utf8(&mut separator).as_bytes();
     let mut previous: Option<&str> = None;
     for entry in entries {
         debug_assert!(
             previous.is_none_or(|p| p < entry.label),
             "entries must be sorted"
         );
-        previous = Some(entry.label);
-        w.name(entry.label)?;
-        let (mut overall, mut direct) = ([0u8; 64], [0u8; 64]);
-        let overall = hex_digest(entry.overall, &mut overall);
-        let direct = hex_digest(entry.direct, &mut direct);
-        match entry.target_type {
-            Some(t) => w.string_parts(&[t, "#", overall, sep, direct])?,
-            None => w.string_parts(&[overall, sep, direct])?,
+        // Gson's pretty layout of a one-level object (see `gson::Pretty`).
+        if previous.is_some() || !first {
+            run.push(b',');
         }
+        previous = Some(entry.label);
+        run.push(b'\n');
+        run.extend_from_slice(INDENT.as_bytes());
+        run.push(b'"');
+        escape_into(run, entry.label);
+        run.extend_from_slice(b"\": \"");
+        if let Some(t) = entry.target_type {
+            escape_into(run, t);
+            run.push(b'#');
+        }
+        let mut hex = [0u8; 64];
+        run.extend_from_slice(hex_digest(entry.overall, &mut hex));
+        run.extend_from_slice(sep);
+        run.extend_from_slice(hex_digest(entry.direct, &mut hex));
+        run.push(b'"');
     }
-    w.end_object()?;
-    w.finish()?;
-    Ok(())
+}
+
+/// Writes a flat hashes file made of the runs [`format_hash_entries`] produced, in order.
+pub fn write_hash_entry_runs<W: Write>(mut out: W, runs: &[Vec<u8>]) -> io::Result<()> {
+    out.write_all(b"{")?;
+    for run in runs {
+        out.write_all(run)?;
+    }
+    let empty = runs.iter().all(Vec::is_empty);
+    out.write_all(if empty { b"}" } else { b"\n}" })?;
+    out.flush()
 }
 
 /// Reads a dep-edges file (`{label: [dep, ...]}`); `null` lists are skipped.
@@ -742,9 +770,15 @@ mod entry_tests {
         let mut mapped = Vec::new();
         file.write(&mut mapped).unwrap();
         assert_eq!(
-            String::from_utf8(streamed).unwrap(),
+            String::from_utf8(streamed.clone()).unwrap(),
             String::from_utf8(mapped).unwrap()
         );
+        let mut runs = vec![Vec::new(), Vec::new(), Vec::new()];
+        format_hash_entries(&mut runs[0], entries[..1].iter().copied(), true);
+        format_hash_entries(&mut runs[2], entries[1..].iter().copied(), false);
+        let mut joined = Vec::new();
+        write_hash_entry_runs(&mut joined, &runs).unwrap();
+        assert_eq!(joined, streamed, "runs joined equal one run");
         let mut empty = Vec::new();
         write_hash_entries(&mut empty, []).unwrap();
         assert_eq!(empty, b"{}");

@@ -33,8 +33,8 @@ pub use atomic::{write_atomic, AtomicFile, Output, WriteError};
 pub use content_hashes::{parse_content_hashes, read_content_hashes, ContentHashes};
 pub use error::{ParseError, ReadError, ValueError};
 pub use hashes::{
-    parse_dep_edges, read_dep_edges, write_dep_edges, write_hash_entries, DepEdges, HashEntry,
-    HashFile,
+    format_hash_entries, parse_dep_edges, read_dep_edges, write_dep_edges, write_hash_entries,
+    write_hash_entry_runs, DepEdges, HashEntry, HashFile,
 };
 pub use impacted::{write_impacted_distances, write_impacted_labels, ImpactedTarget};
 pub use label::cmp_utf16;

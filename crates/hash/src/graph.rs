@@ -5,14 +5,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
-use bazel_diff_query::proto::{discriminator, Rule, Target};
+use bazel_diff_query::proto::{discriminator, Target};
+use bazel_diff_query::{decode_target, RuleView};
+use bytes::Bytes;
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest as _, Sha256};
 
 use crate::rule::{prepare_package_group, prepare_rule, PreparedRule};
 use crate::source::SourceHasher;
-use crate::state::{DigestTable, GraphState, Interner, Resolution, RuleState, SourceState, NONE};
+use crate::state::{
+    DigestTable, GraphState, Interner, Resolution, RuleState, SourceState, Span, NONE,
+};
 use crate::{java_cmp, Digest, HashConfig, HashError};
 
 /// Targets per unit of work sent to the rayon pool while the query streams.
@@ -47,30 +51,37 @@ pub struct HashedTarget {
     pub deps: Option<Vec<String>>,
 }
 
-struct HashedSource {
-    label: String,
-    raw: Digest,
-    subincludes: Vec<String>,
+pub(crate) struct HashedSource {
+    pub label: String,
+    pub raw: Digest,
+    pub subincludes: Vec<String>,
 }
 
-enum BatchResult {
-    Rules(Vec<PreparedRule>),
-    Sources(Vec<HashedSource>),
-    Failed(HashError),
+/// A target waiting to be sent to the pool: decoded already, or still a raw message.
+enum Pending {
+    // Boxed: raw messages (query mode, the bulk) keep the batch small.
+    Target(Box<Target>),
+    Message { index: u64, bytes: Bytes },
+}
+
+/// What the pool made of one batch, in the batch's stream order.
+#[derive(Default)]
+struct Batch {
+    rules: Vec<PreparedRule>,
+    sources: Vec<HashedSource>,
+    generated: Vec<(String, String)>,
+    skipped: usize,
 }
 
 /// Accepts targets as they are decoded and hashes them.
 pub struct GraphBuilder {
     config: Arc<HashConfig>,
     seen: FxHashSet<String>,
-    rules: Vec<Rule>,
-    package_groups: Vec<PreparedRule>,
-    sources: Vec<(String, Vec<String>)>,
+    pending: Vec<Pending>,
     generated: Vec<(String, String)>,
-    sender: Sender<BatchResult>,
-    receiver: Receiver<BatchResult>,
+    sender: Sender<(usize, Result<Batch, HashError>)>,
+    receiver: Receiver<(usize, Result<Batch, HashError>)>,
     batches_sent: usize,
-    skipped: usize,
 }
 
 impl GraphBuilder {
@@ -79,94 +90,55 @@ impl GraphBuilder {
         GraphBuilder {
             config,
             seen: FxHashSet::default(),
-            rules: Vec::new(),
-            package_groups: Vec::new(),
-            sources: Vec::new(),
+            pending: Vec::with_capacity(BATCH),
             generated: Vec::new(),
             sender,
             receiver,
             batches_sent: 0,
-            skipped: 0,
         }
     }
 
     /// Adds one target; a label seen before is ignored (first occurrence wins, as upstream
     /// de-duplicates cquery results).
     pub fn add(&mut self, target: Target) {
-        let Some(label) = target.label() else {
-            self.skipped += 1;
-            return;
-        };
         // Only cquery repeats labels (one per configuration); query mode never does.
-        if self.config.use_cquery && !self.seen.insert(label.to_owned()) {
+        if self.config.use_cquery {
+            if let Some(label) = target.label() {
+                if !self.seen.insert(label.to_owned()) {
+                    return;
+                }
+            }
+        }
+        self.push(Pending::Target(Box::new(target)));
+    }
+
+    /// Adds one undecoded `Target` message (message `index` of the output, for errors); it
+    /// is decoded on the pool, so the thread reading Bazel's output does little more than
+    /// read. Only for query mode: labels are not de-duplicated.
+    pub fn add_message(&mut self, bytes: Bytes, index: u64) {
+        debug_assert!(!self.config.use_cquery, "cquery targets need add()");
+        self.push(Pending::Message { index, bytes });
+    }
+
+    fn push(&mut self, item: Pending) {
+        self.pending.push(item);
+        if self.pending.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
             return;
         }
-        match target.r#type {
-            discriminator::RULE => {
-                self.rules.extend(target.rule);
-                if self.rules.len() >= BATCH {
-                    self.flush_rules();
-                }
-            }
-            discriminator::SOURCE_FILE => {
-                let source = target.source_file.unwrap_or_default();
-                self.sources.push((source.name, source.subinclude));
-                if self.sources.len() >= BATCH {
-                    self.flush_sources();
-                }
-            }
-            discriminator::GENERATED_FILE => {
-                let generated = target.generated_file.unwrap_or_default();
-                self.generated
-                    .push((generated.name, generated.generating_rule));
-            }
-            discriminator::PACKAGE_GROUP => {
-                let group = target.package_group.unwrap_or_default();
-                self.package_groups
-                    .push(prepare_package_group(group, &self.config));
-            }
-            _ => self.skipped += 1,
-        }
-    }
-
-    fn flush_rules(&mut self) {
-        let rules = std::mem::take(&mut self.rules);
+        let items = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
         let (config, sender) = (self.config.clone(), self.sender.clone());
+        let sequence = self.batches_sent;
         self.batches_sent += 1;
         rayon::spawn(move || {
-            let prepared: Result<Vec<_>, _> = rules
-                .into_iter()
-                .map(|r| prepare_rule(r, &config))
-                .collect();
             // The receiver outlives every batch (finish waits for all of them).
-            let _ = sender.send(prepared.map_or_else(BatchResult::Failed, BatchResult::Rules));
+            let _ = sender.send((sequence, process_batch(items, &config)));
         });
-    }
-
-    fn flush_sources(&mut self) {
-        let sources = std::mem::take(&mut self.sources);
-        let (config, sender) = (self.config.clone(), self.sender.clone());
-        self.batches_sent += 1;
-        rayon::spawn(move || {
-            let hasher = SourceHasher::new(&config);
-            let hashed: Result<Vec<_>, _> = sources
-                .into_iter()
-                .map(|(label, subincludes)| {
-                    let raw = hasher.raw_digest(&label, &subincludes)?;
-                    Ok(HashedSource {
-                        label,
-                        raw,
-                        subincludes,
-                    })
-                })
-                .collect();
-            let _ = sender.send(hashed.map_or_else(BatchResult::Failed, BatchResult::Sources));
-        });
-    }
-
-    /// Number of targets of kinds that are not hashed (environment groups, unknown kinds).
-    pub fn skipped(&self) -> usize {
-        self.skipped
     }
 
     /// Waits for the streamed work and computes every target's digests.
@@ -181,34 +153,130 @@ impl GraphBuilder {
         Ok((hashes, state.expect("state was requested")))
     }
 
+    /// The package-local update: the targets added so far are the new contents of some
+    /// packages; `base` supplies every target `keep` accepts (by label), with the raw
+    /// digests of sources whose file is in `rehash` (workspace paths) read again. The whole
+    /// graph pass then runs as in a cold run (seeds, soft digests, input resolution,
+    /// visibility edges), so the result is the cold run's whenever the kept and added
+    /// targets are the cold query's targets. With `want_state`, also the new graph state
+    /// (its `config_digest` left zero for the caller to fill in).
+    pub fn finish_spliced(
+        mut self,
+        base: &GraphState,
+        keep: impl Fn(&str) -> bool + Sync,
+        rehash: &std::collections::HashSet<String>,
+        want_state: bool,
+    ) -> Result<(Vec<HashedTarget>, Option<GraphState>), HashError> {
+        let (mut rules, mut sources) = self.drain()?;
+        let kept = base.kept_parts(&self.config, keep, rehash)?;
+        tracing::debug!("kept targets rebuilt");
+        rules.extend(kept.rules);
+        sources.extend(
+            kept.sources
+                .into_iter()
+                .map(|(label, raw, subincludes)| HashedSource {
+                    label,
+                    raw,
+                    subincludes,
+                }),
+        );
+        let mut generated = std::mem::take(&mut self.generated);
+        generated.extend(kept.generated);
+        compute(&self.config, rules, sources, generated, want_state)
+    }
+
     fn finish_inner(
         mut self,
         want_state: bool,
     ) -> Result<(Vec<HashedTarget>, Option<GraphState>), HashError> {
-        self.flush_rules();
-        self.flush_sources();
-        let mut rules = std::mem::take(&mut self.package_groups);
-        let mut sources = Vec::new();
-        let mut first_error = None;
+        let (rules, sources) = self.drain()?;
+        tracing::debug!("streamed work drained");
+        compute(&self.config, rules, sources, self.generated, want_state)
+    }
+
+    /// Waits for every batch sent to the pool.
+    fn drain(&mut self) -> Result<(Vec<PreparedRule>, Vec<HashedSource>), HashError> {
+        self.flush();
+        let mut batches: Vec<Option<Result<Batch, HashError>>> =
+            (0..self.batches_sent).map(|_| None).collect();
         for _ in 0..self.batches_sent {
             // A batch that panicked drops its sender without sending; recv then fails once
             // every other sender is gone, which cannot happen while `self.sender` lives, so
             // rayon's panic propagation is what surfaces such a bug.
             match self.receiver.recv() {
-                Ok(BatchResult::Rules(r)) => rules.extend(r),
-                Ok(BatchResult::Sources(s)) => sources.extend(s),
-                Ok(BatchResult::Failed(e)) => {
-                    first_error.get_or_insert(e);
-                }
+                Ok((sequence, batch)) => batches[sequence] = Some(batch),
                 Err(_) => break,
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        self.batches_sent = 0;
+        // Reassembled in stream order: the first error is the first bad target, and the
+        // result does not depend on scheduling.
+        let (mut rules, mut sources, mut skipped) = (Vec::new(), Vec::new(), 0);
+        for batch in batches.into_iter().flatten() {
+            let batch = batch?;
+            rules.extend(batch.rules);
+            sources.extend(batch.sources);
+            self.generated.extend(batch.generated);
+            skipped += batch.skipped;
         }
-        tracing::debug!("streamed work drained");
-        compute(&self.config, rules, sources, self.generated, want_state)
+        if skipped > 0 {
+            tracing::info!("dropped {skipped} targets of kinds that are not hashed");
+        }
+        Ok((rules, sources))
     }
+}
+
+/// The per-target work of one batch: decoding, rule preparation and source file digests.
+fn process_batch(items: Vec<Pending>, config: &HashConfig) -> Result<Batch, HashError> {
+    let hasher = SourceHasher::new(config);
+    let mut batch = Batch::default();
+    for item in items {
+        let target = match item {
+            Pending::Target(target) => *target,
+            Pending::Message { index, bytes } => {
+                // Rules, the bulk of the work, are read in place: no owned strings or
+                // buffers for fields that only feed digests.
+                if let Some(rule) = RuleView::of_target(&bytes) {
+                    batch.rules.push(prepare_rule(&rule, config)?);
+                    continue;
+                }
+                decode_target(bytes, index).map_err(HashError::Decode)?
+            }
+        };
+        if target.label().is_none() {
+            batch.skipped += 1;
+            continue;
+        }
+        match target.r#type {
+            discriminator::RULE => batch.rules.extend(
+                target
+                    .rule
+                    .map(|r| prepare_rule(&RuleView::of_rule(&r), config))
+                    .transpose()?,
+            ),
+            discriminator::SOURCE_FILE => {
+                let source = target.source_file.unwrap_or_default();
+                let raw = hasher.raw_digest(&source.name, &source.subinclude)?;
+                batch.sources.push(HashedSource {
+                    label: source.name,
+                    raw,
+                    subincludes: source.subinclude,
+                });
+            }
+            discriminator::GENERATED_FILE => {
+                let generated = target.generated_file.unwrap_or_default();
+                batch
+                    .generated
+                    .push((generated.name, generated.generating_rule));
+            }
+            discriminator::PACKAGE_GROUP => {
+                let group = target.package_group.unwrap_or_default();
+                batch.rules.push(prepare_package_group(group, config));
+            }
+            _ => batch.skipped += 1,
+        }
+    }
+    Ok(batch)
 }
 
 /// What a rule input label resolves to.
@@ -231,7 +299,7 @@ fn compute(
 ) -> Result<(Vec<HashedTarget>, Option<GraphState>), HashError> {
     // Deterministic rule order keeps cycle errors independent of scheduling.
     rules.par_sort_unstable_by(|a, b| java_cmp(&a.label, &b.label));
-    add_visibility_edges(&mut rules);
+    let visibility = add_visibility_edges(&mut rules, want_state);
     tracing::debug!("rules sorted");
 
     let mut nodes: FxHashMap<&str, Node> = FxHashMap::default();
@@ -297,6 +365,7 @@ fn compute(
             &sources,
             &generated,
             &generating,
+            &visibility,
             &nodes,
             &soft,
             per_rule_seeds,
@@ -305,6 +374,7 @@ fn compute(
             &overall,
         )
     });
+    tracing::debug!("graph state built");
 
     let track_deps = config.track_deps;
     let rule_hashes: Vec<HashedTarget> = rules
@@ -337,7 +407,11 @@ fn compute(
         let mut h = Sha256::new();
         h.update(source.raw);
         h.update(config.seed);
-        if let Some(seed) = package_seeds.get(package_of(&source.label)) {
+        // Empty whenever rules carry instantiation stacks: skip finding the package.
+        let seed = (!package_seeds.is_empty())
+            .then(|| package_seeds.get(package_of(&source.label)))
+            .flatten();
+        if let Some(seed) = seed {
             h.update(seed);
         }
         let digest: Digest = h.finalize().into();
@@ -377,6 +451,7 @@ fn build_state(
     sources: &[HashedSource],
     generated: &[(String, String)],
     generating: &[u32],
+    visibility: &[RuleVisibility],
     nodes: &FxHashMap<&str, Node>,
     soft: &FxHashMap<String, Digest>,
     per_rule_seeds: bool,
@@ -388,9 +463,30 @@ fn build_state(
     let mut digests = DigestTable::default();
     let mut rule_states = Vec::with_capacity(rules.len());
     let mut inputs = Vec::new();
-    for (index, rule) in rules.iter().enumerate() {
+    let (mut bzl, mut vis, mut vis_added) = (Vec::new(), Vec::new(), Vec::new());
+    let push = |list: &mut Vec<u32>, items: &mut dyn Iterator<Item = u32>| {
+        let start = list.len() as u32;
+        list.extend(items);
+        Span {
+            start,
+            count: list.len() as u32 - start,
+        }
+    };
+    for ((index, rule), visibility) in rules.iter().enumerate().zip(visibility) {
         let seed =
             rule_seed(rule, soft, per_rule_seeds, package_seeds).map_or(NONE, |d| digests.id(&d));
+        let bzl_span = push(
+            &mut bzl,
+            &mut rule.bzl_paths.iter().flatten().map(|p| strings.id(p)),
+        );
+        let vis_span = push(
+            &mut vis,
+            &mut visibility.named.iter().map(|l| strings.id(l)),
+        );
+        let added_span = push(
+            &mut vis_added,
+            &mut visibility.added.iter().map(|l| strings.id(l)),
+        );
         let input_start = inputs.len() as u32;
         for input in &rule.inputs {
             let label = label_of(input);
@@ -408,8 +504,13 @@ fn build_state(
             label: strings.id(&rule.label),
             seed,
             always_affected: rule.always_affected,
+            package_group: rule.is_package_group,
+            has_stack: rule.bzl_paths.is_some(),
             input_start,
             input_count: inputs.len() as u32 - input_start,
+            bzl: bzl_span,
+            visibility: vis_span,
+            vis_added: added_span,
             attribute: rule.attribute_digest,
             direct: direct[index].0,
             overall: overall[index],
@@ -489,6 +590,9 @@ fn build_state(
         digests: digests.digests,
         rules: rule_states,
         inputs,
+        bzl_paths: bzl,
+        visibility: vis,
+        vis_added,
         sources: source_states,
         subincludes,
         generated: generated_states,
@@ -501,29 +605,51 @@ fn label_of(input: &str) -> &str {
     input.split_once('|').map_or(input, |(label, _)| label)
 }
 
-/// A rule whose `visibility` names a package group depends on it.
-fn add_visibility_edges(rules: &mut [PreparedRule]) {
+/// What a graph state keeps of a rule's `visibility`: the labels that could name a package
+/// group, and those that became inputs only through it.
+#[derive(Default)]
+pub(crate) struct RuleVisibility {
+    named: Vec<String>,
+    added: Vec<String>,
+}
+
+/// A rule whose `visibility` names a package group depends on it. With `record`, returns
+/// per rule (in order) what a graph state needs to redo this after a splice.
+fn add_visibility_edges(rules: &mut [PreparedRule], record: bool) -> Vec<RuleVisibility> {
     let groups: FxHashSet<String> = rules
         .iter()
         .filter(|r| r.is_package_group)
         .map(|r| r.label.clone())
         .collect();
-    if groups.is_empty() {
-        return;
-    }
+    let mut recorded = Vec::with_capacity(if record { rules.len() } else { 0 });
     for rule in rules.iter_mut() {
-        let before = rule.inputs.len();
         let visibility = std::mem::take(&mut rule.visibility);
-        rule.inputs.extend(
-            visibility
-                .into_iter()
-                .filter(|v| groups.contains(v) && *v != rule.label),
-        );
-        if rule.inputs.len() != before {
+        let mut added = Vec::new();
+        for v in &visibility {
+            if groups.contains(v)
+                && *v != rule.label
+                && rule.inputs.binary_search_by(|i| java_cmp(i, v)).is_err()
+            {
+                added.push(v.clone());
+            }
+        }
+        if !added.is_empty() {
+            rule.inputs.extend(added.iter().cloned());
             rule.inputs.sort_by(|a, b| java_cmp(a, b));
             rule.inputs.dedup();
         }
+        if record {
+            recorded.push(RuleVisibility {
+                // `//visibility:public` and `:private` can never be package groups.
+                named: visibility
+                    .into_iter()
+                    .filter(|v| !v.starts_with("//visibility:"))
+                    .collect(),
+                added,
+            });
+        }
     }
+    recorded
 }
 
 /// Soft digests of every label that may need one: `.bzl` files of instantiation stacks or
@@ -535,23 +661,31 @@ fn soft_digests(
     nodes: &FxHashMap<&str, Node>,
     per_rule_seeds: bool,
 ) -> Result<FxHashMap<String, Digest>, HashError> {
-    let mut bzl_files: FxHashSet<&str> = FxHashSet::default();
-    let mut wanted: FxHashSet<&str> = FxHashSet::default();
-    for rule in rules {
-        if per_rule_seeds {
-            bzl_files.extend(rule.bzl_paths.iter().flatten().map(String::as_str));
-        }
-        for input in &rule.inputs {
-            let label = label_of(input);
-            match nodes.get(label) {
-                Some(Node::Rule(_)) if label != rule.label => {}
-                Some(Node::Source(_)) => {}
-                _ => {
-                    wanted.insert(label);
+    type Wanted<'a> = (FxHashSet<&'a str>, FxHashSet<&'a str>);
+    // A lookup per rule input, on the critical path after the stream: in parallel.
+    let (bzl_files, mut wanted) = rules
+        .par_iter()
+        .fold(Wanted::default, |(mut bzl_files, mut wanted), rule| {
+            if per_rule_seeds {
+                bzl_files.extend(rule.bzl_paths.iter().flatten().map(String::as_str));
+            }
+            for input in &rule.inputs {
+                let label = label_of(input);
+                match nodes.get(label) {
+                    Some(Node::Rule(_)) if label != rule.label => {}
+                    Some(Node::Source(_)) => {}
+                    _ => {
+                        wanted.insert(label);
+                    }
                 }
             }
-        }
-    }
+            (bzl_files, wanted)
+        })
+        .reduce(Wanted::default, |(mut bzl_files, mut wanted), (b, w)| {
+            bzl_files.extend(b);
+            wanted.extend(w);
+            (bzl_files, wanted)
+        });
     if !per_rule_seeds {
         for source in sources {
             wanted.extend(source.subincludes.iter().map(String::as_str));
@@ -605,8 +739,12 @@ fn package_seeds(
 /// `ruleBzlSeed` (spec 4.5): always 32 bytes for a non-empty stack.
 fn rule_bzl_seed(paths: &[String], soft: &FxHashMap<String, Digest>) -> Digest {
     let mut h = Sha256::new();
+    let mut label = String::new();
     for path in paths {
-        if let Some(digest) = soft.get(&format!("//{path}")) {
+        label.clear();
+        label.push_str("//");
+        label.push_str(path);
+        if let Some(digest) = soft.get(&label) {
             h.update(path.as_bytes());
             h.update(digest);
         }
@@ -717,7 +855,7 @@ fn cycle_error(rules: &[PreparedRule], stack: &[(u32, usize)], back_to: u32) -> 
 mod tests {
     use super::*;
     use crate::to_hex;
-    use bazel_diff_query::proto::{GeneratedFile, PackageGroup, SourceFile};
+    use bazel_diff_query::proto::{GeneratedFile, PackageGroup, Rule, SourceFile};
 
     fn prepared(label: &str, inputs: &[&str]) -> PreparedRule {
         PreparedRule {
@@ -977,6 +1115,44 @@ mod tests {
         assert_ne!(before["//b:pg"].overall, after["//b:pg"].overall);
         assert_ne!(before["//b:use"].overall, after["//b:use"].overall);
         assert_eq!(before["//a:gen"].overall, after["//a:gen"].overall);
+    }
+
+    #[test]
+    fn raw_messages_hash_like_decoded_targets() {
+        use prost::Message;
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ws.path().join("a")).unwrap();
+        std::fs::write(ws.path().join("a/in.txt"), "x").unwrap();
+        let targets = vec![
+            source_target("//a:in.txt"),
+            rule_target("//a:gen", &["//a:in.txt"], &[], &[]),
+            generated_target("//a:out", "//a:gen"),
+        ];
+        let decoded = hash_all(HashConfig::new(ws.path()), targets.clone()).unwrap();
+        let mut builder = GraphBuilder::new(Arc::new(HashConfig::new(ws.path())));
+        for (index, t) in targets.iter().enumerate() {
+            builder.add_message(t.encode_to_vec().into(), index as u64);
+        }
+        let raw: BTreeMap<_, _> = builder
+            .finish()
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.label.clone(), t))
+            .collect();
+        assert_eq!(raw, decoded);
+
+        // A message that is not a Target fails the run, naming its position.
+        let mut builder = GraphBuilder::new(Arc::new(HashConfig::new(ws.path())));
+        builder.add_message(targets[0].encode_to_vec().into(), 0);
+        builder.add_message(bytes::Bytes::from_static(&[0xff, 0xff]), 1);
+        let err = builder.finish().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HashError::Decode(bazel_diff_query::QueryDecodeError::Decode { index: 1, .. })
+            ),
+            "{err}"
+        );
     }
 
     #[test]

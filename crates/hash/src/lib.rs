@@ -15,6 +15,7 @@
 mod graph;
 mod rule;
 mod source;
+mod splice;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 pub use graph::{GraphBuilder, HashedTarget, TargetKind};
 pub use source::{exec_byte, file_digest_key, SourceHasher};
+pub use splice::package_of_label;
 pub use state::{GraphState, Refusal, StateError, FORMAT_VERSION as GRAPH_STATE_VERSION};
 
 /// Bumped whenever a change here can change any hash value: it is part of the tool version
@@ -103,6 +105,9 @@ pub enum HashError {
     },
     #[error("target {label}: attribute is not valid protobuf")]
     BadAttribute { label: String },
+    /// A target message decoded on the pool (see [`GraphBuilder::add_message`]).
+    #[error("decoding the query output: {0}")]
+    Decode(#[source] bazel_diff_query::QueryDecodeError),
 }
 
 /// Java's `String.compareTo` order (UTF-16 code units), upstream's order for labels, paths

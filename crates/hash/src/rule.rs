@@ -1,7 +1,8 @@
 //! Per-rule work that needs nothing but the rule itself (spec 4.5-4.7): the attribute
 //! digest, the sorted input list, the `.bzl` files of the instantiation stack, tags.
 
-use bazel_diff_query::proto::{attribute_type, AttributeHead, PackageGroup, Rule};
+use bazel_diff_query::proto::{attribute_type, AttributeHead, PackageGroup};
+use bazel_diff_query::RuleView;
 use bytes::Bytes;
 use prost::Message;
 use sha2::{Digest as _, Sha256};
@@ -102,13 +103,13 @@ fn finish_inputs(mut inputs: Vec<String>, config: &HashConfig) -> Vec<String> {
 }
 
 /// Keeps the main-repo `.bzl`/`.scl` files of an instantiation stack (spec 4.5).
-fn bzl_paths(stack: &[String]) -> Option<Vec<String>> {
+fn bzl_paths(stack: &[&str]) -> Option<Vec<String>> {
     if stack.is_empty() {
         return None;
     }
     let mut paths: Vec<String> = stack
         .iter()
-        .map(|frame| frame.split(':').next().unwrap_or(frame))
+        .map(|&frame| frame.split(':').next().unwrap_or(frame))
         .filter(|p| p.ends_with(".bzl") || p.ends_with(".scl"))
         .filter(|p| !p.starts_with("external/") && !p.starts_with('@') && !p.starts_with("../"))
         .map(str::to_owned)
@@ -118,23 +119,25 @@ fn bzl_paths(stack: &[String]) -> Option<Vec<String>> {
     Some(paths)
 }
 
-pub(crate) fn prepare_rule(rule: Rule, config: &HashConfig) -> Result<PreparedRule, HashError> {
-    let mut named: Vec<(&str, &[u8])> = Vec::with_capacity(rule.attribute.len());
+pub(crate) fn prepare_rule(
+    rule: &RuleView<'_>,
+    config: &HashConfig,
+) -> Result<PreparedRule, HashError> {
+    let bad_attribute = || HashError::BadAttribute {
+        label: rule.name.to_owned(),
+    };
+    let mut named: Vec<(&str, &[u8])> = Vec::with_capacity(rule.attributes.len());
     let mut always_affected = false;
     let mut visibility = Vec::new();
-    for raw in &rule.attribute {
-        let name = attribute_name(raw).ok_or_else(|| HashError::BadAttribute {
-            label: rule.name.clone(),
-        })?;
+    for &raw in &rule.attributes {
+        let name = attribute_name(raw).ok_or_else(bad_attribute)?;
         let wanted = match name {
             "tags" => !config.always_affected_tags.is_empty(),
             "visibility" => true,
             _ => false,
         };
         if wanted {
-            let head = AttributeHead::decode(&raw[..]).map_err(|_| HashError::BadAttribute {
-                label: rule.name.clone(),
-            })?;
+            let head = AttributeHead::decode(raw).map_err(|_| bad_attribute())?;
             if name == "tags" {
                 always_affected = head
                     .string_list_value
@@ -147,25 +150,25 @@ pub(crate) fn prepare_rule(rule: Rule, config: &HashConfig) -> Result<PreparedRu
         named.push((name, raw));
     }
     let attribute_digest = digest_attributes(
-        &rule.rule_class,
-        &rule.name,
-        rule.skylark_environment_hash_code.as_deref().unwrap_or(""),
+        rule.rule_class,
+        rule.name,
+        rule.skylark_environment_hash_code.unwrap_or(""),
         named.into_iter(),
         config,
     );
     let inputs = if config.use_cquery {
-        rule.configured_rule_input
-            .into_iter()
-            .filter_map(|input| {
-                let label = input.label?;
-                Some(match input.configuration_checksum {
+        rule.configured_rule_inputs
+            .iter()
+            .filter_map(|&(label, checksum)| {
+                let label = label?;
+                Some(match checksum {
                     Some(c) if !c.is_empty() => format!("{label}|{c}"),
-                    _ => label,
+                    _ => label.to_owned(),
                 })
             })
             .collect()
     } else {
-        rule.rule_input
+        rule.rule_inputs.iter().map(|&i| i.to_owned()).collect()
     };
     Ok(PreparedRule {
         attribute_digest,
@@ -174,7 +177,7 @@ pub(crate) fn prepare_rule(rule: Rule, config: &HashConfig) -> Result<PreparedRu
         always_affected,
         visibility,
         is_package_group: false,
-        label: rule.name,
+        label: rule.name.to_owned(),
     })
 }
 
@@ -248,11 +251,11 @@ mod tests {
     #[test]
     fn stack_paths_filtered() {
         let stack = vec![
-            "pkg/BUILD:3:9: <toplevel>".to_owned(),
-            "tools/defs.bzl:6:5: bench_genrule".to_owned(),
-            "tools/defs.bzl:9:5: other".to_owned(),
-            "external/x/y.bzl:1:1: z".to_owned(),
-            "a/b.scl:1:1: z".to_owned(),
+            "pkg/BUILD:3:9: <toplevel>",
+            "tools/defs.bzl:6:5: bench_genrule",
+            "tools/defs.bzl:9:5: other",
+            "external/x/y.bzl:1:1: z",
+            "a/b.scl:1:1: z",
         ];
         assert_eq!(bzl_paths(&stack).unwrap(), ["a/b.scl", "tools/defs.bzl"]);
         assert_eq!(bzl_paths(&[]), None);

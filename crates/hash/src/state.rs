@@ -10,17 +10,25 @@
 //!         strings:   count u32 | end offset u32 × count | blob length u64 | UTF-8 blob
 //!         digests:   count u32 | [32] × count            (seed and soft-digest table)
 //!         rules:     count u32 | per rule: label u32, seed u32 (NONE = no seed),
-//!                    flags u8 (1 = always affected), input count u32, attribute [32],
+//!                    flags u8 (1 = always affected, 2 = package group, 4 = non-empty
+//!                    instantiation stack), input count u32, stack path count u32,
+//!                    visibility count u32, visibility-edge count u32, attribute [32],
 //!                    direct [32], overall [32]
 //!         inputs:    count u32 | per input: string u32, resolution u32 (top 2 bits: 0 nothing,
 //!                    1 source, 2 rule, 3 soft digest; low 30 bits the index)
+//!         stack paths, visibility, visibility edges: each count u32 | string u32 × count
+//!                    (a rule's `.bzl` paths; the labels its `visibility` names besides
+//!                    `//visibility:*`; those of them that are inputs only as package-group
+//!                    edges)
 //!         sources:   count u32 | per source: label u32, package seed u32, subinclude
 //!                    count u32, raw [32]
 //!         subincludes: count u32 | string u32 × count
 //!         generated: count u32 | per file: label u32, rule u32
 //!         soft:      count u32 | per label: string u32, digest u32 (NONE: no file found)
 //! ```
-//! Rules' inputs and sources' subincludes are stored consecutively in rule/source order.
+//! Rules' inputs, stack paths and visibility lists and sources' subincludes are stored
+//! consecutively in rule/source order. Stack paths and visibility are what a package-local
+//! update ([`crate::GraphBuilder::finish_spliced`]) needs to rebuild the rules it keeps.
 
 use std::path::Path;
 
@@ -34,7 +42,7 @@ use crate::{Digest, HashConfig, HashError};
 
 const MAGIC: &[u8; 4] = b"BDGS";
 /// Bumped whenever the body layout or its meaning changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 4 + 4 + 8 + 32;
 /// "No entry" in u32 index fields.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -82,11 +90,31 @@ pub(crate) struct RuleState {
     /// Index into the digest table of the `.bzl`/package seed mixed in, or [`NONE`].
     pub seed: u32,
     pub always_affected: bool,
+    pub package_group: bool,
+    /// The instantiation stack was non-empty (`bzl` then lists its `.bzl` paths).
+    pub has_stack: bool,
     pub input_start: u32,
     pub input_count: u32,
+    pub bzl: Span,
+    pub visibility: Span,
+    /// Inputs present only as visibility edges to package groups.
+    pub vis_added: Span,
     pub attribute: Digest,
     pub direct: Digest,
     pub overall: Digest,
+}
+
+/// A run of string ids in one of the per-rule lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub start: u32,
+    pub count: u32,
+}
+
+impl Span {
+    pub fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.count) as usize
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +156,9 @@ pub struct GraphState {
     pub(crate) rules: Vec<RuleState>,
     /// `(string, encoded resolution)` per rule input, consecutive per rule.
     pub(crate) inputs: Vec<(u32, u32)>,
+    pub(crate) bzl_paths: Vec<u32>,
+    pub(crate) visibility: Vec<u32>,
+    pub(crate) vis_added: Vec<u32>,
     pub(crate) sources: Vec<SourceState>,
     pub(crate) subincludes: Vec<u32>,
     pub(crate) generated: Vec<(u32, u32)>,
@@ -209,7 +240,7 @@ impl DigestTable {
     }
 }
 
-fn label_of(input: &str) -> &str {
+pub(crate) fn label_of(input: &str) -> &str {
     input.split_once('|').map_or(input, |(label, _)| label)
 }
 
@@ -228,7 +259,7 @@ impl GraphState {
         self.rules.len() + self.sources.len() + self.generated.len()
     }
 
-    fn rule_inputs(&self, rule: &RuleState) -> &[(u32, u32)] {
+    pub(crate) fn rule_inputs(&self, rule: &RuleState) -> &[(u32, u32)] {
         let start = rule.input_start as usize;
         &self.inputs[start..start + rule.input_count as usize]
     }
@@ -506,13 +537,26 @@ impl GraphState {
         for r in &self.rules {
             put_u32(&mut b, r.label);
             put_u32(&mut b, r.seed);
-            b.push(u8::from(r.always_affected));
+            b.push(
+                u8::from(r.always_affected)
+                    | (u8::from(r.package_group) << 1)
+                    | (u8::from(r.has_stack) << 2),
+            );
             put_u32(&mut b, r.input_count);
+            put_u32(&mut b, r.bzl.count);
+            put_u32(&mut b, r.visibility.count);
+            put_u32(&mut b, r.vis_added.count);
             b.extend_from_slice(&r.attribute);
             b.extend_from_slice(&r.direct);
             b.extend_from_slice(&r.overall);
         }
         put_pairs(&mut b, &self.inputs);
+        for list in [&self.bzl_paths, &self.visibility, &self.vis_added] {
+            put_u32(&mut b, list.len() as u32);
+            for s in list {
+                put_u32(&mut b, *s);
+            }
+        }
         put_u32(&mut b, self.sources.len() as u32);
         for s in &self.sources {
             put_u32(&mut b, s.label);
@@ -584,34 +628,55 @@ impl GraphState {
             .map(|c| c.try_into().expect("32 bytes"))
             .collect();
         let rule_count = r.u32()? as usize;
-        const RULE_LEN: usize = 4 + 4 + 1 + 4 + 96;
+        const RULE_LEN: usize = 4 + 4 + 1 + 4 * 4 + 96;
         let raw = r.take(
             rule_count
                 .checked_mul(RULE_LEN)
                 .ok_or_else(|| corrupt("size"))?,
         )?;
         let mut rules = Vec::with_capacity(rule_count);
-        let mut input_start = 0u32;
+        // Running starts of the inputs and of the three per-rule string lists.
+        let mut starts = [0u32; 4];
+        let mut next = |which: usize, count: u32| -> Result<Span, StateError> {
+            let start = starts[which];
+            starts[which] = start
+                .checked_add(count)
+                .ok_or_else(|| corrupt("count overflow"))?;
+            Ok(Span { start, count })
+        };
         for c in raw.chunks_exact(RULE_LEN) {
-            let input_count = le32(&c[9..13]);
+            let inputs = next(0, le32(&c[9..13]))?;
             rules.push(RuleState {
                 label: le32(&c[0..4]),
                 seed: le32(&c[4..8]),
-                always_affected: c[8] != 0,
-                input_start,
-                input_count,
-                attribute: c[13..45].try_into().expect("32"),
-                direct: c[45..77].try_into().expect("32"),
-                overall: c[77..109].try_into().expect("32"),
+                always_affected: c[8] & 1 != 0,
+                package_group: c[8] & 2 != 0,
+                has_stack: c[8] & 4 != 0,
+                input_start: inputs.start,
+                input_count: inputs.count,
+                bzl: next(1, le32(&c[13..17]))?,
+                visibility: next(2, le32(&c[17..21]))?,
+                vis_added: next(3, le32(&c[21..25]))?,
+                attribute: c[25..57].try_into().expect("32"),
+                direct: c[57..89].try_into().expect("32"),
+                overall: c[89..121].try_into().expect("32"),
             });
-            input_start = input_start
-                .checked_add(input_count)
-                .ok_or_else(|| corrupt("input count overflow"))?;
         }
         let inputs = r.pairs()?;
-        if inputs.len() != input_start as usize {
+        if inputs.len() != starts[0] as usize {
             return Err(corrupt("input count mismatch"));
         }
+        let mut lists = Vec::with_capacity(3);
+        for total in &starts[1..] {
+            let count = r.u32()? as usize;
+            if count != *total as usize {
+                return Err(corrupt("rule list count mismatch"));
+            }
+            lists.push(r.u32s(count)?);
+        }
+        let vis_added = lists.pop().unwrap_or_default();
+        let visibility = lists.pop().unwrap_or_default();
+        let bzl_paths = lists.pop().unwrap_or_default();
         let source_count = r.u32()? as usize;
         const SOURCE_LEN: usize = 12 + 32;
         let raw = r.take(
@@ -654,6 +719,9 @@ impl GraphState {
             digests,
             rules,
             inputs,
+            bzl_paths,
+            visibility,
+            vis_added,
             sources,
             subincludes,
             generated,
@@ -684,6 +752,9 @@ impl GraphState {
             .iter()
             .all(|s| s.label < ns && opt(s.package_seed, nd));
         let rest_ok = self.subincludes.iter().all(|&s| s < ns)
+            && [&self.bzl_paths, &self.visibility, &self.vis_added]
+                .iter()
+                .all(|list| list.iter().all(|&s| s < ns))
             && self.generated.iter().all(|&(l, r)| l < ns && r < nr)
             && self.soft.iter().all(|&(l, d)| l < ns && opt(d, nd));
         if rules_ok && inputs_ok && sources_ok && rest_ok {
@@ -730,7 +801,7 @@ impl GraphState {
 }
 
 /// The workspace-relative path of a main-repo source label (spec 4.3), before Latin-1 repair.
-fn main_repo_key(label: &str) -> Option<String> {
+pub(crate) fn main_repo_key(label: &str) -> Option<String> {
     let rest = ["@@//", "@//", "//"]
         .iter()
         .find_map(|p| label.strip_prefix(p))?;
@@ -738,7 +809,7 @@ fn main_repo_key(label: &str) -> Option<String> {
 }
 
 /// The relative path a soft digest reads (spec 4.4: only the first `:` is replaced).
-fn soft_rel(label: &str) -> Option<String> {
+pub(crate) fn soft_rel(label: &str) -> Option<String> {
     let rest = ["@@//", "@//", "//"]
         .iter()
         .find_map(|p| label.strip_prefix(p))?;
@@ -919,6 +990,43 @@ mod tests {
             loaded.resolve_changed(&config, &["b/new.txt".into()]),
             Err(Refusal::UnknownPath("b/new.txt".into()))
         );
+    }
+
+    #[test]
+    fn splicing_packages_back_in_matches_the_cold_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path();
+        for (p, c) in [("a/x.txt", "1"), ("a/y.txt", "2"), ("b/z.txt", "3")] {
+            std::fs::create_dir_all(ws.join(p).parent().unwrap()).unwrap();
+            std::fs::write(ws.join(p), c).unwrap();
+        }
+        let (cold, state) = run(ws, true);
+        let state = GraphState::decode(&state.unwrap().encode()).unwrap();
+        let mut config = HashConfig::new(ws);
+        config.track_deps = true;
+        let config = Arc::new(config);
+        // Package //a re-queried (with a file changed meanwhile), //b's source rehashed.
+        std::fs::write(ws.join("a/x.txt"), "changed").unwrap();
+        std::fs::write(ws.join("b/z.txt"), "changed too").unwrap();
+        let mut builder = GraphBuilder::new(config.clone());
+        for t in targets() {
+            if crate::package_of_label(t.label().unwrap()) == "//a" {
+                builder.add(t);
+            }
+        }
+        let rehash: std::collections::HashSet<String> = ["b/z.txt".to_owned()].into();
+        let (spliced, spliced_state) = builder
+            .finish_spliced(
+                &state,
+                |l| crate::package_of_label(l) != "//a",
+                &rehash,
+                true,
+            )
+            .unwrap();
+        let (cold2, _) = run(ws, false);
+        assert_ne!(cold2, cold);
+        assert_eq!(spliced, cold2);
+        assert_eq!(spliced_state.unwrap().hashes(), cold2);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! and the framing of the three output shapes Bazel produces:
 //! `--output=streamed_proto` (varint-length-delimited `Target`s), `--output=proto` (one
 //! `QueryResult`, i.e. a sequence of field-1 `Target`s) and cquery's `CqueryResult`.
-//! Decoding is incremental: a [`TargetStream`] yields targets while Bazel is still writing.
+//! Decoding is incremental: a [`TargetStream`] yields targets while Bazel is still writing;
+//! a [`FrameReader`] yields the undecoded messages (zero-copy slices of what was read) so
+//! they can be decoded on other threads.
 //!
 //! Rule attributes are kept as their raw wire bytes: upstream hashes each attribute's
 //! protobuf serialisation, and Bazel already serialises canonically, so slicing the bytes
@@ -12,8 +14,10 @@
 
 pub mod proto;
 mod stream;
+mod view;
 
-pub use stream::{Framing, TargetStream};
+pub use stream::{decode_target, FrameReader, Framing, TargetStream};
+pub use view::RuleView;
 
 /// Errors while reading query output.
 #[derive(Debug, thiserror::Error)]

@@ -95,6 +95,13 @@ pub struct PackageGroup {
     pub included_package_group: Vec<String>,
 }
 
+/// `analysis.CqueryResult`: one message of cquery's `streamed_proto` output.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CqueryResult {
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<ConfiguredTarget>,
+}
+
 /// `analysis.ConfiguredTarget` (only the target).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConfiguredTarget {

@@ -1,12 +1,15 @@
-//! Incremental framing of query output into [`Target`]s.
+//! Incremental framing of query output into messages and [`Target`]s.
+//!
+//! Bytes are read from the pipe in large chunks and every message is sliced out of its
+//! chunk without copying, so a message can be handed to another thread and decoded there.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use prost::Message;
 
-use crate::proto::{ConfiguredTarget, Target};
+use crate::proto::{ConfiguredTarget, CqueryResult, Target};
 use crate::QueryDecodeError;
 
 /// How the targets are laid out in the byte stream.
@@ -22,77 +25,120 @@ pub enum Framing {
     CqueryResult,
 }
 
+impl Framing {
+    /// Whether every message is one `Target` (see [`decode_target`]).
+    pub fn messages_are_targets(self) -> bool {
+        matches!(self, Framing::StreamedTargets | Framing::QueryResult)
+    }
+}
+
 /// Larger messages are corrupt framing, not targets.
 const MAX_MESSAGE: u64 = 1 << 31;
+/// Bytes read from the pipe at a time; messages are slices of these chunks.
+const CHUNK: usize = 1 << 20;
+/// The longest varint.
+const MAX_VARINT: usize = 10;
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
 const WIRE_LEN: u64 = 2;
 const WIRE_FIXED32: u64 = 5;
 
-/// Iterator over the targets of a query output, decoding as bytes arrive.
-pub struct TargetStream<R> {
-    reader: BufReader<R>,
+/// Splits query output into its top-level messages (one `Target`, `ConfiguredTarget` or
+/// `CqueryResult` each, depending on the framing) as bytes arrive.
+pub struct FrameReader<R> {
+    reader: R,
     framing: Framing,
-    pending: VecDeque<Target>,
+    /// Bytes read and not yet returned.
+    buf: Bytes,
+    eof: bool,
     messages: u64,
-    done: bool,
 }
 
-impl<R: Read> TargetStream<R> {
+impl<R: Read> FrameReader<R> {
     pub fn new(reader: R, framing: Framing) -> Self {
-        TargetStream {
-            reader: BufReader::with_capacity(1 << 20, reader),
+        FrameReader {
+            reader,
             framing,
-            pending: VecDeque::new(),
+            buf: Bytes::new(),
+            eof: false,
             messages: 0,
-            done: false,
+        }
+    }
+
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Index of the next message (the number returned so far).
+    pub fn index(&self) -> u64 {
+        self.messages
+    }
+
+    /// Makes at least `want` bytes available unless the stream ends first.
+    fn fill(&mut self, want: usize) -> Result<(), QueryDecodeError> {
+        if self.buf.len() >= want || self.eof {
+            return Ok(());
+        }
+        // The unread tail (a partial message) moves to the front of a fresh chunk; the old
+        // chunk lives on only as long as the messages sliced from it.
+        let mut next = Vec::with_capacity(want.max(CHUNK));
+        next.extend_from_slice(&self.buf);
+        let room = (next.capacity() - next.len()) as u64;
+        // `take` + `read_to_end` fills the spare capacity without zeroing it first, and
+        // stops early only at the end of the stream.
+        (&mut self.reader).take(room).read_to_end(&mut next)?;
+        self.eof = next.len() < next.capacity();
+        self.buf = Bytes::from(next);
+        Ok(())
+    }
+
+    fn framing_error(&self, what: &'static str) -> QueryDecodeError {
+        QueryDecodeError::Framing {
+            index: self.messages,
+            what,
         }
     }
 
     /// Reads a varint; `Ok(None)` on a clean end of stream before its first byte.
     fn varint(&mut self) -> Result<Option<u64>, QueryDecodeError> {
+        self.fill(MAX_VARINT)?;
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
         let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = match self.reader.fill_buf()?.first() {
-                Some(&b) => b,
-                None if shift == 0 => return Ok(None),
-                None => {
-                    return Err(QueryDecodeError::Framing {
-                        index: self.messages,
-                        what: "stream ends inside a varint",
-                    })
-                }
-            };
-            self.reader.consume(1);
-            value |= u64::from(byte & 0x7f) << shift;
+        for (i, &byte) in self.buf.iter().take(MAX_VARINT).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
             if byte < 0x80 {
+                self.buf.advance(i + 1);
                 return Ok(Some(value));
             }
         }
-        Err(QueryDecodeError::Framing {
-            index: self.messages,
-            what: "varint longer than 10 bytes",
-        })
+        Err(self.framing_error(if self.buf.len() < MAX_VARINT {
+            "stream ends inside a varint"
+        } else {
+            "varint longer than 10 bytes"
+        }))
     }
 
     fn bytes(&mut self, len: u64) -> Result<Bytes, QueryDecodeError> {
         if len > MAX_MESSAGE {
-            return Err(QueryDecodeError::Framing {
-                index: self.messages,
-                what: "message longer than 2 GiB",
-            });
+            return Err(self.framing_error("message longer than 2 GiB"));
         }
-        // `take` + `read_to_end` fills without zeroing the buffer first.
-        let mut buf = Vec::with_capacity(len as usize);
-        (&mut self.reader).take(len).read_to_end(&mut buf)?;
-        if (buf.len() as u64) < len {
+        let len = len as usize;
+        self.fill(len)?;
+        if self.buf.len() < len {
             return Err(QueryDecodeError::Truncated {
                 index: self.messages,
-                declared: len,
-                available: buf.len() as u64,
+                declared: len as u64,
+                available: self.buf.len() as u64,
             });
         }
-        Ok(Bytes::from(buf))
+        Ok(self.buf.split_to(len))
+    }
+
+    fn field_len(&mut self) -> Result<u64, QueryDecodeError> {
+        self.varint()?
+            .ok_or_else(|| self.framing_error("stream ends inside a field"))
     }
 
     fn skip(&mut self, wire_type: u64) -> Result<(), QueryDecodeError> {
@@ -100,33 +146,10 @@ impl<R: Read> TargetStream<R> {
             WIRE_VARINT => return self.varint().map(|_| ()),
             WIRE_FIXED64 => 8,
             WIRE_FIXED32 => 4,
-            WIRE_LEN => self.varint()?.ok_or(QueryDecodeError::Framing {
-                index: self.messages,
-                what: "stream ends inside a field",
-            })?,
-            _ => {
-                return Err(QueryDecodeError::Framing {
-                    index: self.messages,
-                    what: "unsupported wire type",
-                })
-            }
+            WIRE_LEN => self.field_len()?,
+            _ => return Err(self.framing_error("unsupported wire type")),
         };
         self.bytes(len).map(|_| ())
-    }
-
-    fn decode<M: Message + Default>(&self, buf: Bytes) -> Result<M, QueryDecodeError> {
-        M::decode(buf).map_err(|source| QueryDecodeError::Decode {
-            index: self.messages,
-            source,
-        })
-    }
-
-    /// Reads the next length-delimited message (streamed framings).
-    fn next_delimited(&mut self) -> Result<Option<Bytes>, QueryDecodeError> {
-        match self.varint()? {
-            None => Ok(None),
-            Some(len) => self.bytes(len).map(Some),
-        }
     }
 
     /// Reads the next field-1 length-delimited field of a top-level message, skipping others.
@@ -137,49 +160,81 @@ impl<R: Read> TargetStream<R> {
             };
             let (field, wire_type) = (key >> 3, key & 7);
             if field == 1 && wire_type == WIRE_LEN {
-                let len = self.varint()?.ok_or(QueryDecodeError::Framing {
-                    index: self.messages,
-                    what: "stream ends inside a field",
-                })?;
+                let len = self.field_len()?;
                 return self.bytes(len).map(Some);
             }
             self.skip(wire_type)?;
         }
     }
 
-    fn configured_targets(&mut self, result: Bytes) -> Result<(), QueryDecodeError> {
-        let mut inner = TargetStream::new(&result[..], Framing::CqueryResult);
-        inner.messages = self.messages;
-        for target in &mut inner {
-            self.pending.push_back(target?);
+    /// The next message; `Ok(None)` at the end of the output.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, QueryDecodeError> {
+        let message = match self.framing {
+            Framing::StreamedTargets | Framing::StreamedCqueryResults => match self.varint()? {
+                None => None,
+                Some(len) => Some(self.bytes(len)?),
+            },
+            Framing::QueryResult | Framing::CqueryResult => self.next_field_one()?,
+        };
+        if message.is_some() {
+            self.messages += 1;
         }
-        Ok(())
+        Ok(message)
+    }
+}
+
+/// Decodes one message of a framing whose messages are targets (see
+/// [`Framing::messages_are_targets`]); `index` is its position, for errors.
+pub fn decode_target(message: Bytes, index: u64) -> Result<Target, QueryDecodeError> {
+    decode(message, index)
+}
+
+fn decode<M: Message + Default>(message: Bytes, index: u64) -> Result<M, QueryDecodeError> {
+    M::decode(message).map_err(|source| QueryDecodeError::Decode { index, source })
+}
+
+/// Iterator over the targets of a query output, decoding as bytes arrive.
+pub struct TargetStream<R> {
+    frames: FrameReader<R>,
+    pending: VecDeque<Target>,
+    done: bool,
+}
+
+impl<R: Read> TargetStream<R> {
+    pub fn new(reader: R, framing: Framing) -> Self {
+        Self::from_frames(FrameReader::new(reader, framing))
+    }
+
+    /// Decodes the messages `frames` has not returned yet.
+    pub fn from_frames(frames: FrameReader<R>) -> Self {
+        TargetStream {
+            frames,
+            pending: VecDeque::new(),
+            done: false,
+        }
     }
 
     fn fill(&mut self) -> Result<(), QueryDecodeError> {
         while self.pending.is_empty() && !self.done {
-            let message = match self.framing {
-                Framing::StreamedTargets | Framing::StreamedCqueryResults => {
-                    self.next_delimited()?
-                }
-                Framing::QueryResult | Framing::CqueryResult => self.next_field_one()?,
-            };
-            let Some(message) = message else {
+            let index = self.frames.index();
+            let Some(message) = self.frames.next_message()? else {
                 self.done = true;
                 break;
             };
-            match self.framing {
+            match self.frames.framing() {
                 Framing::StreamedTargets | Framing::QueryResult => {
-                    let target = self.decode::<Target>(message)?;
-                    self.pending.push_back(target);
+                    self.pending.push_back(decode_target(message, index)?);
                 }
                 Framing::CqueryResult => {
-                    let configured = self.decode::<ConfiguredTarget>(message)?;
+                    let configured: ConfiguredTarget = decode(message, index)?;
                     self.pending.extend(configured.target);
                 }
-                Framing::StreamedCqueryResults => self.configured_targets(message)?,
+                Framing::StreamedCqueryResults => {
+                    let result: CqueryResult = decode(message, index)?;
+                    self.pending
+                        .extend(result.results.into_iter().filter_map(|c| c.target));
+                }
             }
-            self.messages += 1;
         }
         Ok(())
     }
@@ -310,6 +365,45 @@ mod tests {
     fn garbage_is_a_decode_error() {
         let buf = [3u8, 0xff, 0xff, 0xff];
         assert!(collect(&buf, Framing::StreamedTargets).is_err());
+    }
+
+    /// Hands out at most 7 bytes per read, as a pipe may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(7).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn messages_across_read_chunks_are_whole() {
+        // Well over two chunks, so messages straddle chunk boundaries; one message is
+        // larger than a chunk.
+        let mut targets: Vec<Target> = (0..40_000).map(|i| rule(&format!("//p:r{i}"))).collect();
+        targets.insert(20_000, rule(&"x".repeat(CHUNK + 3)));
+        let mut buf = Vec::new();
+        for t in &targets {
+            t.encode_length_delimited(&mut buf).unwrap();
+        }
+        assert!(buf.len() > 2 * CHUNK);
+        let got: Vec<Target> = TargetStream::new(Trickle(&buf), Framing::StreamedTargets)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, targets);
+        let mut frames = FrameReader::new(Trickle(&buf), Framing::StreamedTargets);
+        let mut count = 0;
+        while let Some(message) = frames.next_message().unwrap() {
+            assert_eq!(
+                decode_target(message, count).unwrap(),
+                targets[count as usize]
+            );
+            count += 1;
+        }
+        assert_eq!(frames.index(), targets.len() as u64);
     }
 
     #[test]

@@ -4,10 +4,7 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, Result};
-use bazel_diff_store::{
-    format_duration, format_size, parse_duration, parse_size, GcPolicy, Removed, Store,
-    VerifyStatus,
-};
+use bazel_diff_store::{format_duration, format_size, GcPolicy, Removed, Store, VerifyStatus};
 
 use crate::{GcArgs, ListArgs, VerifyArgs, EXIT_ERROR, EXIT_OK};
 
@@ -19,6 +16,9 @@ fn open(store: &std::path::Path) -> Result<Store> {
 }
 
 pub fn list(args: &ListArgs) -> Result<()> {
+    if let Some(remote) = crate::shared::open_remote(&args.store)? {
+        return crate::shared::list(&remote, args.json);
+    }
     let store = open(&args.store)?;
     let mut entries = store.entries()?;
     entries.sort_by_key(|e| std::cmp::Reverse(e.created_unix));
@@ -65,6 +65,9 @@ pub fn verify(args: &VerifyArgs) -> u8 {
 }
 
 fn verify_inner(args: &VerifyArgs) -> Result<bool> {
+    if let Some(remote) = crate::shared::open_remote(&args.store)? {
+        return crate::shared::verify(&remote, args.fix, args.json);
+    }
     let store = open(&args.store)?;
     let reports = store.verify_all()?;
     let mut clean = true;
@@ -113,21 +116,17 @@ fn verify_inner(args: &VerifyArgs) -> Result<bool> {
 }
 
 pub fn gc(args: &GcArgs) -> Result<()> {
+    if let Some(remote) = crate::shared::open_remote(&args.store)? {
+        return crate::shared::gc(&remote, args);
+    }
+    if args.grace.is_some() {
+        anyhow::bail!("--grace applies to object stores only");
+    }
     let store = open(&args.store)?;
     let policy = GcPolicy {
         keep_per_fingerprint: args.keep_per_fingerprint,
-        max_age: args
-            .max_age
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .context("--max-age")?,
-        max_bytes: args
-            .max_bytes
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .context("--max-bytes")?,
+        max_age: args.max_age,
+        max_bytes: args.max_bytes,
         remove_corrupt: false,
         dry_run: args.dry_run,
     };

@@ -1,11 +1,12 @@
 //! `consume` and `resolve`: find the entry for (base, target), use it, and fail safe.
 
 use anyhow::{Context as _, Result};
+use bazel_diff_remote::RemoteError;
 use bazel_diff_store::EntryKey;
 use serde_json::json;
 
 use crate::context::Context;
-use crate::driver::{ConsumePlan, Driver, LocalDriver, Unavailable};
+use crate::driver::{ConsumePlan, Driver, LocalDriver, Unavailable, VerifyMismatch};
 use crate::driver_fc::{FcOptions, FirecrackerDriver};
 use crate::record::{fingerprint_of_worktree, store_key};
 use crate::report::{Phases, Report};
@@ -51,14 +52,27 @@ pub fn make_driver(common: &Common) -> Result<Box<dyn Driver>, Unavailable> {
                 rootfs: fc.rootfs.clone(),
                 vcpus: fc.vcpus,
                 mem_mib: fc.mem_mib,
-                jailer: fc.jailer.clone(),
+                jail: match (&fc.jailer, fc.jailer_uid, fc.jailer_gid) {
+                    (Some(jailer), Some(uid), Some(gid)) => {
+                        Some(crate::driver_fc_jail::JailOptions {
+                            jailer: jailer.clone(),
+                            uid,
+                            gid,
+                            chroot_base: fc.chroot_base.clone(),
+                        })
+                    }
+                    _ => None,
+                },
                 guest_workspace,
                 guest_bazel: fc.guest_bazel.clone(),
                 guest_bazel_diff: fc.guest_bazel_diff.clone(),
                 agent_port: fc.agent_port,
                 memory_backend: fc.memory_backend,
-                store: common.store.clone(),
+                store: crate::shared::local_store_path(&common.store, common.cache.as_deref())
+                    .map_err(|e| Unavailable(format!("{e:#}")))?,
                 flags: common.flags.clone(),
+                diff_from: fc.diff_from.clone(),
+                max_diff_chain: fc.max_diff_chain,
             })))
         }
     }
@@ -104,7 +118,11 @@ fn choose(
     report.fingerprint_components = fingerprint.components.clone();
     phases.mark(report, "fingerprint");
 
-    let entries = ctx.store.entries_for(&key)?;
+    let entries = ctx.backend.entries_for(&key).map_err(|e| match e {
+        RemoteError::Store(e) => anyhow::Error::new(e),
+        // An unreachable object store is no usable snapshot: the caller goes cold.
+        e => no_snapshot(format!("cannot list {}: {e}", ctx.backend.location())),
+    })?;
     let mut candidates = Vec::new();
     for entry in &entries {
         match entry.metadata() {
@@ -170,16 +188,9 @@ fn explain_missing_fingerprint(
     ctx: &Context,
     current: &bazel_diff_fingerprint::Fingerprint,
 ) -> String {
-    let newest = ctx.store.entries().ok().and_then(|all| {
-        all.into_iter()
-            .filter_map(|e| {
-                let created = e.metadata()?.created_unix;
-                Some((created, e.path.join("fingerprint.json")))
-            })
-            .max_by_key(|(created, _)| *created)
-    });
-    let recorded = newest
-        .and_then(|(_, path)| std::fs::read_to_string(path).ok())
+    let recorded = ctx
+        .backend
+        .newest_fingerprint_json()
         .and_then(|text| bazel_diff_fingerprint::Fingerprint::from_json(&text).ok());
     match recorded {
         Some(recorded) => format!(
@@ -205,10 +216,15 @@ fn consume_with_snapshot(
         .check_available()
         .map_err(|Unavailable(why)| no_snapshot(format!("driver unavailable: {why}")))?;
     let (key, base, target) = choose(ctx, driver, &args.selection, report, phases)?;
-    let entry = ctx
-        .store
+    // From an object store the entry is fetched into the local store first (only the chunks
+    // the cache lacks, each verified): any missing or bad chunk is exit 2 too.
+    let (entry, fetched) = ctx
+        .backend
         .open_entry(&key)
         .map_err(|e| no_snapshot(format!("cannot open the chosen entry: {e}")))?;
+    if fetched.is_some() {
+        phases.mark(report, "fetch");
+    }
     let problems = entry.verify()?;
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -223,6 +239,7 @@ fn consume_with_snapshot(
         "base_sha": key.base_sha(),
         "fingerprint": key.fingerprint(),
         "driver": driver.kind(),
+        "fetch": fetched,
     }));
     phases.mark(report, "verify");
     let scratch = ctx.scratch()?;
@@ -239,9 +256,17 @@ fn consume_with_snapshot(
                 target: &target,
                 scratch: scratch.path(),
                 incremental: !args.no_incremental,
+                verify: args.verify,
             },
         )
-        .map_err(|e| no_snapshot(format!("the {} driver failed: {e:#}", driver.kind())))?;
+        .map_err(|e| {
+            // A --verify mismatch is a finding, not an unusable snapshot.
+            if e.is::<VerifyMismatch>() {
+                e
+            } else {
+                no_snapshot(format!("the {} driver failed: {e:#}", driver.kind()))
+            }
+        })?;
     report.driver_notes = Some(hashes.notes);
     phases.mark(report, "hash");
     let impacted = scratch.path().join("impacted.txt");
@@ -318,8 +343,7 @@ pub fn run(args: &ConsumeArgs) -> u8 {
     let mut phases = Phases::start();
     let result = (|| -> Result<()> {
         let ctx = Context::new(
-            &args.common.workspace,
-            &args.common.store,
+            &args.common,
             tool_for(&args.common, args.impacted_flags.clone()),
         )?;
         let _worktree = ctx.lock_worktree()?;
@@ -390,11 +414,7 @@ pub fn run(args: &ConsumeArgs) -> u8 {
 
 /// `resolve`: the choice consume would make, as JSON on stdout.
 pub fn resolve_only(args: &ResolveArgs) -> Result<()> {
-    let ctx = Context::new(
-        &args.common.workspace,
-        &args.common.store,
-        tool_for(&args.common, Vec::new()),
-    )?;
+    let ctx = Context::new(&args.common, tool_for(&args.common, Vec::new()))?;
     let driver = make_driver(&args.common).map_err(anyhow::Error::new)?;
     let _worktree = ctx.lock_worktree()?;
     let mut report = Report {

@@ -14,6 +14,9 @@ pub struct Context {
     pub repo: Repo,
     pub store: Store,
     pub tool: BazelDiff,
+    /// Where entries are listed, opened and published: `store` itself, or the object store
+    /// `--store` names with `store` as its local cache (see `shared.rs`).
+    pub backend: Box<dyn bazel_diff_remote::Backend>,
     /// `<store>/.work/<repo id>`: worktree, Bazel output roots, scratch files.
     pub work: PathBuf,
     /// A detached worktree of the user's repository; the user's checkout is never touched.
@@ -28,11 +31,9 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
-        workspace: &std::path::Path,
-        store: &std::path::Path,
-        tool: BazelDiff,
-    ) -> Result<Self> {
+    pub fn new(common: &crate::Common, tool: BazelDiff) -> Result<Self> {
+        let workspace = common.workspace.as_path();
+        let store = &crate::shared::local_store_path(&common.store, common.cache.as_deref())?;
         let repo = Repo::open(workspace)?;
         // Bazel refuses workspaces and output roots whose paths contain whitespace, and both
         // live inside the store: refuse before any Bazel runs.
@@ -46,6 +47,7 @@ impl Context {
             );
         }
         let store = Store::open(store)?;
+        let backend = crate::shared::backend(common, &store)?;
         let id = Sha256::digest(repo.common_dir()?.to_string_lossy().as_bytes());
         let work = store.root().join(".work").join(&hex::encode(id)[..16]);
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -59,6 +61,7 @@ impl Context {
             repo,
             store,
             tool,
+            backend,
             work,
         })
     }

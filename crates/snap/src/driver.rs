@@ -41,7 +41,27 @@ pub struct ConsumePlan<'a> {
     pub scratch: &'a Path,
     /// May the target be hashed incrementally from the entry's graph (issue 6)?
     pub incremental: bool,
+    /// `--verify`: when the target was hashed incrementally, hash it with the full query too
+    /// and fail with [`VerifyMismatch`] unless both hash files are identical.
+    pub verify: bool,
 }
+
+/// `consume --verify` found the incremental hashes differ from the full query's: a bug to
+/// report, never a reason to fall back silently (exit 1).
+#[derive(Debug)]
+pub struct VerifyMismatch(pub String);
+
+impl std::fmt::Display for VerifyMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--verify: the incremental hashes differ from the full query's: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for VerifyMismatch {}
 
 pub trait Driver {
     fn kind(&self) -> &'static str;
@@ -70,11 +90,11 @@ struct Incremental {
     note: String,
 }
 
-/// When only file contents changed between the entry's base and the target, bazel-diff can
-/// update the stored graph without a query. It re-checks every path itself (BUILD files,
-/// `.bzl`, unknown or deleted files...) and falls back to the full query; here we only rule
-/// out what it cannot see: adds, deletes, type changes, symlinks and submodules, files outside
-/// the Bazel workspace, and a base other than the entry's.
+/// bazel-diff updates the stored graph from the list of changed paths (no query when only
+/// contents changed; a query of the affected packages for BUILD, `.bzl`, added and deleted
+/// files). It re-checks every path itself and falls back to the full query; here we only
+/// rule out what it cannot see: type changes, symlinks and submodules, files outside the
+/// Bazel workspace, and a base other than the entry's.
 fn incremental_args(ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<Incremental> {
     let full = |why: &str| Incremental {
         args: Vec::new(),
@@ -92,21 +112,32 @@ fn incremental_args(ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<Incremental> {
     }
     let relative = &ctx.workspace_relative;
     let mut paths = Vec::new();
+    let (mut modified, mut added, mut deleted) = (0, 0, 0);
     for change in ctx.repo.changed_files(plan.entry_base, plan.target)? {
         let plain_file = |mode: &str| mode == "100644" || mode == "100755";
-        if change.status != 'M' || !plain_file(&change.old_mode) || !plain_file(&change.new_mode) {
+        let absent = |mode: &str| mode == "000000";
+        let plain = match change.status {
+            'M' => plain_file(&change.old_mode) && plain_file(&change.new_mode),
+            'A' => absent(&change.old_mode) && plain_file(&change.new_mode),
+            'D' => plain_file(&change.old_mode) && absent(&change.new_mode),
+            _ => false,
+        };
+        if !plain {
             return Ok(full(&format!(
                 "{} is {} (mode {} -> {})",
                 change.path.display(),
                 match change.status {
-                    'A' => "added",
-                    'D' => "deleted",
                     'T' => "a type change",
-                    _ => "not a plain modification",
+                    _ => "not a plain file change",
                 },
                 change.old_mode,
                 change.new_mode
             )));
+        }
+        match change.status {
+            'A' => added += 1,
+            'D' => deleted += 1,
+            _ => modified += 1,
         }
         match change.path.strip_prefix(relative) {
             Ok(inside) => paths.push(inside.to_string_lossy().into_owned()),
@@ -129,7 +160,7 @@ fn incremental_args(ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<Incremental> {
             "--incremental-changed".into(),
             list.into_os_string(),
         ],
-        note: format!("candidate: {} modified files", paths.len()),
+        note: format!("candidate: {modified} modified, {added} added, {deleted} deleted files"),
     })
 }
 
@@ -197,13 +228,76 @@ impl Driver for LocalDriver {
         ctx.tool
             .generate_hashes(&ctx.bazel_workspace, &startup, &target, &incremental.args)
             .context("hashing the target on the warm server")?;
+        let verified = if plan.verify && !incremental.args.is_empty() {
+            let full = plan.scratch.join("target_hashes_full.json");
+            ctx.tool
+                .generate_hashes(&ctx.bazel_workspace, &startup, &full, &[])
+                .context("hashing the target with the full query (--verify)")?;
+            if let Some(difference) = first_difference(&target, &full)? {
+                return Err(VerifyMismatch(difference).into());
+            }
+            Some(true)
+        } else {
+            None
+        };
         Ok(ConsumeHashes {
             base: base_hashes,
             target,
             notes: json!({
                 "base_hashes_from": if plan.base == plan.entry_base { "entry" } else { "warm server" },
                 "incremental": incremental.note,
+                "verified": verified,
             }),
         })
+    }
+}
+
+/// How two hash files differ: the first label whose entry differs (`None`: byte-identical).
+fn first_difference(incremental: &Path, full: &Path) -> Result<Option<String>> {
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let (a, b) = (read(incremental)?, read(full)?);
+    if a == b {
+        return Ok(None);
+    }
+    let parse = |bytes: &[u8], path: &Path| -> Result<serde_json::Map<String, Value>> {
+        serde_json::from_slice(bytes).with_context(|| format!("parsing {}", path.display()))
+    };
+    let (a, b) = (parse(&a, incremental)?, parse(&b, full)?);
+    let labels: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let first = labels.into_iter().find_map(|label| {
+        let (x, y) = (a.get(label), b.get(label));
+        (x != y).then(|| match (x, y) {
+            (Some(x), Some(y)) => format!("{label}: incremental {x}, full query {y}"),
+            (Some(_), None) => format!("{label} is only in the incremental hashes"),
+            _ => format!("{label} is only in the full query's hashes"),
+        })
+    });
+    Ok(Some(first.unwrap_or_else(|| {
+        "same entries, different bytes (formatting)".to_owned()
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_difference;
+
+    #[test]
+    fn first_difference_names_the_first_differing_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let a = write("a.json", "{\"//a:x\": \"1~1\", \"//b:y\": \"2~2\"}");
+        let same = write("same.json", "{\"//a:x\": \"1~1\", \"//b:y\": \"2~2\"}");
+        let changed = write("b.json", "{\"//a:x\": \"1~1\", \"//b:y\": \"3~2\"}");
+        let missing = write("c.json", "{\"//b:y\": \"2~2\"}");
+        assert_eq!(first_difference(&a, &same).unwrap(), None);
+        let diff = first_difference(&a, &changed).unwrap().unwrap();
+        assert!(diff.starts_with("//b:y: incremental"), "{diff}");
+        let diff = first_difference(&a, &missing).unwrap().unwrap();
+        assert_eq!(diff, "//a:x is only in the incremental hashes");
     }
 }

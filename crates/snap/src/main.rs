@@ -9,11 +9,14 @@ mod consume;
 mod context;
 mod driver;
 mod driver_fc;
+mod driver_fc_jail;
+mod driver_fc_mem;
 mod failpoint;
 mod git;
 mod record;
 mod report;
 mod resolve;
+mod shared;
 mod tool;
 
 use std::ffi::OsString;
@@ -76,9 +79,18 @@ pub struct Common {
     /// inside the store.
     #[arg(long, value_name = "DIR")]
     pub workspace: PathBuf,
-    /// The snapshot store directory.
-    #[arg(long, value_name = "DIR")]
+    /// The snapshot store: a directory, or an object store URL (`s3://bucket/prefix`,
+    /// credentials and endpoint from the AWS_* environment variables).
+    #[arg(long, value_name = "DIR|URL")]
     pub store: PathBuf,
+    /// With an object store: the local cache (chunks and materialized entries, plus the
+    /// worktree and Bazel output roots). Default: $BAZEL_DIFF_SNAP_CACHE, else
+    /// ~/.cache/bazel-diff-snap.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// With an object store: the chunk cache's size limit (default 20GiB).
+    #[arg(long = "cache-max-bytes", value_name = "SIZE")]
+    pub cache_max_bytes: Option<String>,
     /// Bazel binary.
     #[arg(long, default_value = "bazel", value_name = "PATH")]
     pub bazel: PathBuf,
@@ -114,9 +126,24 @@ pub struct FirecrackerFlags {
     /// written: every VM gets a copy-on-write copy.
     #[arg(long, value_name = "PATH")]
     pub rootfs: Option<PathBuf>,
-    /// Jailer binary (not supported by this build yet: an error when given).
-    #[arg(long, value_name = "PATH")]
+    /// Run every VM through this jailer binary, in its own chroot under --chroot-base
+    /// (needs --jailer-uid and --jailer-gid; the chroot base is best on the store's
+    /// filesystem, so entry files are hard-linked rather than copied in).
+    #[arg(long, value_name = "PATH", requires_all = ["jailer_uid", "jailer_gid"])]
     pub jailer: Option<PathBuf>,
+    /// The uid the jailer runs Firecracker as.
+    #[arg(long = "jailer-uid", value_name = "UID")]
+    pub jailer_uid: Option<u32>,
+    /// The gid the jailer runs Firecracker as.
+    #[arg(long = "jailer-gid", value_name = "GID")]
+    pub jailer_gid: Option<u32>,
+    /// The jailer's --chroot-base-dir.
+    #[arg(
+        long = "chroot-base",
+        default_value = "/srv/jailer",
+        value_name = "DIR"
+    )]
+    pub chroot_base: PathBuf,
     /// vCPUs of the VM (part of the key).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub vcpus: u32,
@@ -142,6 +169,15 @@ pub struct FirecrackerFlags {
     /// How a restore gets guest memory.
     #[arg(long = "memory-backend", value_enum, default_value_t = driver_fc::MemoryBackend::File)]
     pub memory_backend: driver_fc::MemoryBackend,
+    /// record: start from the entry of this base commit (`auto`: the nearest recorded
+    /// ancestor) instead of booting, and store only the memory pages dirtied since (a Diff
+    /// snapshot naming that entry as its parent). Ignored by consume.
+    #[arg(long = "diff-from", value_name = "REV|auto")]
+    pub diff_from: Option<String>,
+    /// record: a Diff that would make a chain of more than N diffs is recorded as a Full
+    /// snapshot instead (still from the restored VM).
+    #[arg(long = "max-diff-chain", default_value_t = 4, value_name = "N")]
+    pub max_diff_chain: u32,
     /// Upstream ssh/TAP flags: accepted so upstream CI scripts parse, ignored (the guest is
     /// reached over vsock; no NIC is used).
     #[arg(long = "guest-addr", hide = true, value_name = "X")]
@@ -242,6 +278,11 @@ pub struct ConsumeArgs {
     /// the entry's base (by default those are hashed from the stored graph, without Bazel).
     #[arg(long = "no-incremental")]
     pub no_incremental: bool,
+    /// When the target is hashed incrementally, also hash it with the full query and fail
+    /// (exit 1, naming the first differing target) unless both agree: the canary for
+    /// trusting the incremental paths on a repository.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug)]
@@ -254,7 +295,8 @@ pub struct ResolveArgs {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    #[arg(long, value_name = "DIR")]
+    /// A store directory or object store URL.
+    #[arg(long, value_name = "DIR|URL")]
     pub store: PathBuf,
     /// JSON instead of a table.
     #[arg(long)]
@@ -263,7 +305,8 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    #[arg(long, value_name = "DIR")]
+    /// A store directory or object store URL.
+    #[arg(long, value_name = "DIR|URL")]
     pub store: PathBuf,
     /// Remove the corrupt entries found.
     #[arg(long)]
@@ -274,17 +317,22 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
-    #[arg(long, value_name = "DIR")]
+    /// A store directory or object store URL.
+    #[arg(long, value_name = "DIR|URL")]
     pub store: PathBuf,
+    /// Object stores: unreferenced chunks younger than this are kept (default 24h; shorter
+    /// is safe only while no record is running).
+    #[arg(long, value_name = "DURATION", value_parser = bazel_diff_store::parse_duration)]
+    pub grace: Option<std::time::Duration>,
     /// Keep the newest N entries of each fingerprint.
     #[arg(long = "keep-per-fingerprint", value_name = "N")]
     pub keep_per_fingerprint: Option<usize>,
     /// Remove entries older than this (e.g. 7d, 12h, 1d12h).
-    #[arg(long = "max-age", value_name = "DURATION")]
-    pub max_age: Option<String>,
+    #[arg(long = "max-age", value_name = "DURATION", value_parser = bazel_diff_store::parse_duration)]
+    pub max_age: Option<std::time::Duration>,
     /// Remove oldest entries until the store is at most this big (e.g. 50GB).
-    #[arg(long = "max-bytes", value_name = "SIZE")]
-    pub max_bytes: Option<String>,
+    #[arg(long = "max-bytes", value_name = "SIZE", value_parser = bazel_diff_store::parse_size)]
+    pub max_bytes: Option<u64>,
     /// Print what would be removed without removing it.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -294,7 +342,7 @@ pub struct GcArgs {
 
 /// Go's flag package (upstream) accepts `-workspace` as well as `--workspace`.
 fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    const LONG: [&str; 38] = [
+    const LONG: [&str; 43] = [
         "workspace",
         "store",
         "bazel",
@@ -317,6 +365,9 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "kernel",
         "rootfs",
         "jailer",
+        "jailer-uid",
+        "jailer-gid",
+        "chroot-base",
         "vcpus",
         "mem-mib",
         "guest-workspace",
@@ -324,6 +375,8 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "guest-bazel-diff",
         "agent-port",
         "memory-backend",
+        "diff-from",
+        "max-diff-chain",
         "guest-addr",
         "guest-key",
         "tap-device",
@@ -334,12 +387,15 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         "socket",
         "guest-snap-dir",
     ];
+    // The shared store's flags (issue 7).
+    const SHARED_STORE_FLAGS: [&str; 3] = ["cache", "cache-max-bytes", "grace"];
     args.into_iter()
         .map(|arg| {
             let text = arg.to_string_lossy();
             let name = text.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+            let known = |flag: &str| LONG.contains(&flag) || SHARED_STORE_FLAGS.contains(&flag);
             match name {
-                Some(rest) if LONG.contains(&rest.split('=').next().unwrap_or(rest)) => {
+                Some(rest) if known(rest.split('=').next().unwrap_or(rest)) => {
                     OsString::from(format!("-{text}"))
                 }
                 _ => arg,

@@ -63,8 +63,7 @@ pub fn fingerprint_of_worktree(ctx: &Context) -> Result<(String, Fingerprint)> {
 pub fn run(args: &RecordArgs) -> Result<()> {
     let started = Instant::now();
     let ctx = Context::new(
-        &args.common.workspace,
-        &args.common.store,
+        &args.common,
         crate::consume::tool_for(&args.common, Vec::new()),
     )?;
     let driver = crate::consume::make_driver(&args.common).map_err(anyhow::Error::new)?;
@@ -76,16 +75,23 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     let material = driver.key_material()?;
     let key_hex = store_key(&fingerprint.fingerprint, material.as_deref());
     let key = EntryKey::new(&key_hex, &base)?;
+    if crate::shared::is_remote(&args.common.store) && ctx.backend.contains(&key)? {
+        eprintln!(
+            "bazel-diff-snap: {base} is already recorded in {} for this fingerprint ({key_hex}); nothing to do",
+            ctx.backend.location()
+        );
+        return Ok(());
+    }
     if ctx.store.contains(&key)? && !replace_if_corrupt(&ctx, &key)? {
         eprintln!("bazel-diff-snap: {base} is already recorded for this fingerprint ({key_hex}); nothing to do");
-        return Ok(());
+        return crate::shared::push_recorded(&ctx, &key);
     }
     let staging = ctx.store.begin(&key)?;
     if staging.entry_exists()? {
         eprintln!(
             "bazel-diff-snap: another record published {base} while we waited; nothing to do"
         );
-        return Ok(());
+        return crate::shared::push_recorded(&ctx, &key);
     }
     failpoint::hit("after-begin");
     let warm_started = Instant::now();
@@ -121,5 +127,5 @@ pub fn run(args: &RecordArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
+    crate::shared::push_recorded(&ctx, &key)
 }

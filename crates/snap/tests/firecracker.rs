@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::{git_in, lines, read_json, require_bazel, Lab, Run};
+use support::{git_in, lines, read_json, require_bazel, Lab, Run, Spawned};
 
 /// The test-only override of the /dev/kvm check (see `driver_fc.rs`).
 const SKIP_KVM: &str = "BAZEL_DIFF_SNAP_FC_SKIP_KVM_CHECK";
@@ -41,6 +41,15 @@ fn sha256(path: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(path).unwrap()))
 }
 
+/// 4 KiB pages of a memory file that hold data.
+fn data_pages(path: &Path) -> usize {
+    fs::read(path)
+        .unwrap()
+        .chunks(4096)
+        .filter(|p| p.iter().any(|b| *b != 0))
+        .count()
+}
+
 /// The "guest": a local agent on a unix socket; killed on drop.
 struct Guest {
     child: Child,
@@ -49,8 +58,9 @@ struct Guest {
 }
 
 impl Guest {
-    fn start(lab: &Lab) -> Guest {
-        let workspace = lab.root.join("guest-ws");
+    /// A guest named `name` (its workspace, agent socket and entropy file carry the name).
+    fn start(lab: &Lab, name: &str) -> Guest {
+        let workspace = lab.root.join(format!("{name}-ws"));
         let status = Command::new("git")
             .args(["clone", "-q"])
             .arg(&lab.ws)
@@ -61,14 +71,15 @@ impl Guest {
         assert!(status.success());
         // The guest image's clone knows nothing past c0's parent: record must bring commits in.
         git_in(&workspace, &["checkout", "-q", "--detach", &lab.sha("c0")]);
-        let socket = lab.root.join("agent.sock");
-        fs::write(lab.root.join("guest-random"), b"").unwrap();
+        let socket = lab.root.join(format!("{name}-agent.sock"));
+        let random = lab.root.join(format!("{name}-random"));
+        fs::write(&random, b"").unwrap();
         let child = Command::new(sibling_bin("bazel-diff-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--dry-run-time")
             .arg("--random-device")
-            .arg(lab.root.join("guest-random"))
+            .arg(&random)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -101,6 +112,10 @@ struct Fc<'a> {
 
 impl<'a> Fc<'a> {
     fn new(lab: &'a Lab) -> Fc<'a> {
+        Fc::with_guest(lab, "guest")
+    }
+
+    fn with_guest(lab: &'a Lab, guest: &str) -> Fc<'a> {
         let images = lab.root.join("images");
         fs::create_dir_all(&images).unwrap();
         let kernel = images.join("vmlinux");
@@ -111,7 +126,7 @@ impl<'a> Fc<'a> {
         std::os::unix::fs::FileExt::write_all_at(&f, b"ext4-ish superblock", 1024).unwrap();
         Fc {
             lab,
-            guest: Guest::start(lab),
+            guest: Guest::start(lab, guest),
             kernel,
             rootfs,
         }
@@ -150,6 +165,29 @@ impl<'a> Fc<'a> {
             &self.args(sub, extra),
             &[("FAKE_FC_VSOCK_PROXY", &proxy), (SKIP_KVM, "1")],
         )
+    }
+
+    /// Starts a consume in `store` without waiting.
+    fn spawn_consume(&self, store: &Path, target: &str, base: &str, json: &Path) -> Spawned {
+        let out = json.with_extension("txt");
+        let mut args = self.args(
+            "consume",
+            &[
+                "--target-sha",
+                target,
+                "--base-sha",
+                base,
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        let at = args.iter().position(|a| a == "--store").unwrap();
+        args[at + 1] = store.display().to_string();
+        let proxy = self.guest.socket.to_str().unwrap().to_owned();
+        self.lab
+            .spawn_env(&args, &[("FAKE_FC_VSOCK_PROXY", &proxy), (SKIP_KVM, "1")])
     }
 
     fn consume(&self, target: &str, base: &str, out: &Path, extra: &[&str]) -> Run {
@@ -271,6 +309,141 @@ fn record_and_consume_through_the_fake_firecracker_match_a_cold_run() {
         "guest"
     );
 
+    // Diff snapshots: c1 recorded on top of c0's entry stores only the dirtied pages. Through
+    // the jailer (the fake plays it): entry files go into a chroot per VM and back.
+    let chroot_base = lab.root.join("jail");
+    // SAFETY: geteuid and getegid only read the process's credentials.
+    let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
+    let (uid, gid) = (uid.to_string(), gid.to_string());
+    let fake = fake_firecracker();
+    let jailer = [
+        "--jailer",
+        fake.to_str().unwrap(),
+        "--jailer-uid",
+        &uid,
+        "--jailer-gid",
+        &gid,
+        "--chroot-base",
+        chroot_base.to_str().unwrap(),
+    ];
+    let mut args = vec!["--base-sha", c1.as_str(), "--diff-from", c0.as_str()];
+    args.extend(jailer);
+    fc.run("record", &args).success().stderr_has("recorded");
+    let diff_entry = lab.entry_dir(&c1);
+    let diff_state = read_json(&diff_entry.join("firecracker.json"));
+    assert_eq!(diff_state["snapshot_type"], "Diff", "{diff_state:#}");
+    assert_eq!(diff_state["parent"]["base_sha"], c0.as_str());
+    assert_eq!(diff_state["parent"]["mem_sha256"], mem_digest.as_str());
+    assert_eq!(diff_state["parent"]["chain"], 1);
+    let (full_pages, diff_pages) = (
+        data_pages(&entry.join("mem")),
+        data_pages(&diff_entry.join("mem")),
+    );
+    assert!(
+        diff_pages < full_pages,
+        "{diff_pages} of {full_pages} pages"
+    );
+    eprintln!(
+        "record --diff-from: {} API calls, {diff_pages} of {full_pages} pages stored",
+        diff_state["api_calls"]
+    );
+    // Consume from the Diff entry: the file backend merges the chain (the fake refuses a
+    // memory file with holes), the uffd backend layers it without a copy.
+    let report4 = lab.out("report4.json");
+    fc.consume(&c2, &c1, &out, &["--json", report4.to_str().unwrap()])
+        .success();
+    assert_eq!(
+        lines(&fs::read(&out).unwrap()),
+        lines(&lab.cold_impacted(&bazel, &c1, &c2, &[]))
+    );
+    let notes = read_json(&report4)["driver_notes"].clone();
+    assert_eq!(notes["base_hashes_from"], "entry", "{notes:#}");
+    assert_eq!(notes["memory"]["layers"], 2, "{notes:#}");
+    assert_eq!(notes["api_calls"], 3, "{notes:#}");
+    let report5 = lab.out("report5.json");
+    fc.consume(
+        &c2,
+        &c1,
+        &out,
+        &[
+            "--memory-backend",
+            "uffd",
+            "--json",
+            report5.to_str().unwrap(),
+        ],
+    )
+    .success();
+    let notes = read_json(&report5)["driver_notes"].clone();
+    assert_eq!(notes["memory"]["merged"], false, "{notes:#}");
+    // A jailed consume of the Diff entry: the merged memory is built in the jail.
+    let report6 = lab.out("report6.json");
+    let mut args = vec!["--json", report6.to_str().unwrap()];
+    args.extend(jailer);
+    fc.consume(&c2, &c1, &out, &args).success();
+    let notes = read_json(&report6)["driver_notes"].clone();
+    assert_eq!(notes["jailed"], true, "{notes:#}");
+    assert_eq!(
+        lines(&fs::read(&out).unwrap()),
+        lines(&lab.cold_impacted(&bazel, &c1, &c2, &[]))
+    );
+    let jails = chroot_base.join(fake.file_name().unwrap());
+    assert_eq!(
+        fs::read_dir(&jails).unwrap().count(),
+        0,
+        "jails left behind"
+    );
+    // A chain longer than --max-diff-chain is recorded Full, still from the restored VM.
+    fc.run(
+        "record",
+        &[
+            "--base-sha",
+            &c2,
+            "--diff-from",
+            "auto",
+            "--max-diff-chain",
+            "1",
+        ],
+    )
+    .success()
+    .stderr_has("recording a Full snapshot");
+    let rebased = read_json(&lab.entry_dir(&c2).join("firecracker.json"));
+    assert_eq!(rebased["snapshot_type"], "Full", "{rebased:#}");
+    assert!(rebased["parent"].is_null(), "{rebased:#}");
+    assert_eq!(rebased["warm_start_from"], c1.as_str());
+
+    // Two consumes at once on one host (two stores, two guests): each VM has its own run
+    // directory, API socket and vsock socket.
+    let store2 = lab.root.join("store2");
+    fs::create_dir_all(&store2).unwrap();
+    for dir in fs::read_dir(&lab.store).unwrap() {
+        let dir = dir.unwrap().path();
+        if dir.file_name().unwrap() != ".work" {
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(&dir)
+                .arg(&store2)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    let fc2 = Fc::with_guest(&lab, "guest2");
+    let (json_a, json_b) = (lab.out("parallel-a.json"), lab.out("parallel-b.json"));
+    let a = fc.spawn_consume(&lab.store, &c1, &c0, &json_a);
+    let b = fc2.spawn_consume(&store2, &c1, &c0, &json_b);
+    let (a, b) = (a.wait(), b.wait());
+    a.success();
+    b.success();
+    let cold = lines(&lab.cold_impacted(&bazel, &c0, &c1, &[]));
+    for json in [&json_a, &json_b] {
+        assert_eq!(lines(&fs::read(json.with_extension("txt")).unwrap()), cold);
+    }
+    let (vm_a, vm_b) = (
+        read_json(&json_a)["driver_notes"]["vm_id"].clone(),
+        read_json(&json_b)["driver_notes"]["vm_id"].clone(),
+    );
+    assert!(vm_a.is_string() && vm_a != vm_b, "{vm_a} {vm_b}");
+
     // F1: restores never wrote to the entry.
     assert_eq!(sha256(&entry.join("rootfs.ext4")), rootfs_digest);
     assert_eq!(sha256(&entry.join("mem")), mem_digest);
@@ -317,6 +490,33 @@ fn record_and_consume_through_the_fake_firecracker_match_a_cold_run() {
     lab.snap_env(&args, &[(SKIP_KVM, "1")])
         .exit(2)
         .stderr_has("driver unavailable");
+    assert!(!out.exists());
+
+    // A Diff entry whose parent is corrupt or gone is no usable snapshot.
+    let consume = || {
+        fc.run(
+            "consume",
+            &[
+                "--target-sha",
+                &c2,
+                "--base-sha",
+                &c1,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let parent_mem = entry.join("mem");
+    let original = fs::read(&parent_mem).unwrap();
+    let mut flipped = original.clone();
+    flipped[100] ^= 0xff;
+    fs::write(&parent_mem, &flipped).unwrap();
+    let run = consume();
+    run.exit(2).stderr_has("which is corrupt");
+    fs::write(&parent_mem, &original).unwrap();
+    fs::remove_dir_all(&entry).unwrap();
+    let run = consume();
+    run.exit(2).stderr_has("which is gone");
     assert!(!out.exists());
 }
 

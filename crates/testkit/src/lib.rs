@@ -48,3 +48,6 @@ pub fn require_bazel() -> Option<PathBuf> {
         }
     }
 }
+
+mod s3;
+pub use s3::{require_moto, S3Server};

@@ -94,7 +94,7 @@ pub use handshake::{
     parse_mappings, receive_handshake, send_handshake, GuestRegionUffdMapping, Handshake, PeerCred,
     UffdListener,
 };
-pub use memfile::MemoryFile;
+pub use memfile::{MemoryFile, MAX_LAYER_EXTENTS};
 pub use server::{ExitReason, Handler, Monitor, Outcome, Policy, Stats, StopHandle};
 pub use sys::Uffd;
 pub use workingset::{PageRun, WorkingSet};

@@ -67,7 +67,8 @@ impl MemoryFile {
             path: path.clone(),
             reason: "mmap returned a null mapping".into(),
         })?;
-        let data = data_extents(&file, len);
+        // No SEEK_DATA support: treat the whole file as data.
+        let data = data_extents(&file, len).unwrap_or_else(|| vec![(0, len)]);
         Ok(Self {
             path,
             _file: file,
@@ -77,7 +78,83 @@ impl MemoryFile {
         })
     }
 
-    /// The file's path.
+    /// The guest memory of a Diff snapshot chain without copying it: `base` (a Full
+    /// snapshot's memory file) mapped read-only, and over it the data extents of each of
+    /// `diffs` (Diff snapshots' sparse memory files of the same length, oldest first) mapped
+    /// at the same offsets with `MAP_FIXED`. A page a diff holds shows the diff; a hole in a
+    /// diff shows the layer below, as Firecracker's `snapshot-editor edit-memory rebase`
+    /// would merge them. Fails when a diff's length differs, its extents are not
+    /// page-aligned, the filesystem cannot tell holes from data, or the diffs have more than
+    /// [`MAX_LAYER_EXTENTS`] extents (then merge them into one file instead).
+    pub fn layered(base: impl AsRef<Path>, diffs: &[impl AsRef<Path>]) -> Result<Self> {
+        let mut mem = Self::open(base)?;
+        let page = page_size();
+        let mut total = 0usize;
+        let mut all = std::mem::take(&mut mem.data);
+        for diff in diffs {
+            let path = diff.as_ref().to_path_buf();
+            let bad = |reason: String| Error::MemoryFile {
+                path: path.clone(),
+                reason,
+            };
+            let file =
+                File::open(&path).map_err(|e| Error::io("open the diff memory file", &path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io("stat the diff memory file", &path, e))?
+                .len();
+            if len != mem.len {
+                return Err(bad(format!(
+                    "the diff is {len} bytes, the memory it applies to is {}",
+                    mem.len
+                )));
+            }
+            let extents = data_extents(&file, len).ok_or_else(|| {
+                bad("the filesystem cannot tell the diff's holes (SEEK_DATA)".into())
+            })?;
+            total += extents.len();
+            if total > MAX_LAYER_EXTENTS {
+                return Err(bad(format!(
+                    "the diffs have more than {MAX_LAYER_EXTENTS} data extents: too many \
+                     mappings; merge the chain into one file instead"
+                )));
+            }
+            for &(start, end) in &extents {
+                let end = end.next_multiple_of(page).min(len);
+                if start % page != 0 {
+                    return Err(bad(format!(
+                        "data extent [{start}, {end}) does not start on a page boundary"
+                    )));
+                }
+                // SAFETY: replaces pages [start, end) of our own live mapping (in bounds: both
+                // files are `len` bytes) with a read-only private mapping of the same range of
+                // the diff; no reference into that range is held while we do.
+                let ptr = unsafe {
+                    libc::mmap(
+                        mem.ptr.as_ptr().add(start as usize).cast(),
+                        (end - start) as usize,
+                        libc::PROT_READ,
+                        libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                        file.as_raw_fd(),
+                        start as libc::off_t,
+                    )
+                };
+                if ptr == libc::MAP_FAILED {
+                    return Err(Error::io(
+                        "mmap a diff extent over the base memory",
+                        &path,
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                all.push((start, end));
+            }
+            mem.path = path;
+        }
+        mem.data = merge_extents(all);
+        Ok(mem)
+    }
+
+    /// The file's path (the newest layer's for [`MemoryFile::layered`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -148,7 +225,31 @@ pub(crate) fn all_zero(bytes: &[u8]) -> bool {
             .all(|c| c.iter().fold(0u64, |acc, &w| acc | w) == 0)
 }
 
-fn data_extents(file: &File, len: u64) -> Vec<(u64, u64)> {
+/// Most diff extents [`MemoryFile::layered`] maps: each may split the base mapping in two
+/// more VMAs, and the kernel's default `vm.max_map_count` is 65530.
+pub const MAX_LAYER_EXTENTS: usize = 16_384;
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+/// Sorted, disjoint union of `[start, end)` ranges.
+fn merge_extents(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+/// The data extents of `file`, or `None` when the filesystem has no `SEEK_DATA`.
+fn data_extents(file: &File, len: u64) -> Option<Vec<(u64, u64)>> {
     let fd = file.as_raw_fd();
     let mut out = Vec::new();
     let mut off: i64 = 0;
@@ -159,8 +260,7 @@ fn data_extents(file: &File, len: u64) -> Vec<(u64, u64)> {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
                 break; // only a hole remains
             }
-            // No SEEK_DATA support: treat the whole file as data.
-            return vec![(0, len)];
+            return None;
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
@@ -168,7 +268,7 @@ fn data_extents(file: &File, len: u64) -> Vec<(u64, u64)> {
         out.push((data as u64, (hole as u64).min(len)));
         off = hole;
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -198,6 +298,51 @@ mod tests {
         assert!(m.is_zero((64 << 10) + 4096, 4096), "explicit zeros");
         assert!(m.is_zero(0, 4096), "hole");
         assert_eq!(m.bytes(64 << 10, 2), &[0xAB, 0xAB]);
+        Ok(())
+    }
+
+    #[test]
+    fn layered_shows_the_newest_layer_holding_each_page(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir()?;
+        let pages = 64u64;
+        let write = |name: &str, fill: &dyn Fn(u64) -> Option<u8>| -> std::io::Result<PathBuf> {
+            let path = dir.path().join(name);
+            let f = File::create(&path)?;
+            f.set_len(pages * 4096)?;
+            for p in 0..pages {
+                if let Some(b) = fill(p) {
+                    f.write_all_at(&[b; 4096], p * 4096)?;
+                }
+            }
+            Ok(path)
+        };
+        let base = write("base", &|p| (p % 2 == 0).then_some(0xB0))?;
+        let d1 = write("d1", &|p| (p % 3 == 0).then_some(0xD1))?;
+        let d2 = write("d2", &|p| (p % 5 == 0).then_some(0xD2))?;
+        let m = MemoryFile::layered(&base, &[&d1, &d2])?;
+        for p in 0..pages {
+            let want = if p % 5 == 0 {
+                0xD2
+            } else if p % 3 == 0 {
+                0xD1
+            } else if p % 2 == 0 {
+                0xB0
+            } else {
+                0
+            };
+            assert_eq!(m.bytes(p * 4096, 4096), &[want; 4096][..], "page {p}");
+            assert_eq!(m.is_hole(p * 4096, 4096), want == 0, "page {p}");
+        }
+        assert_eq!(m.path(), d2.as_path());
+        // A diff of another length is refused.
+        let short = dir.path().join("short");
+        File::create(&short)?.set_len(4096)?;
+        let err = MemoryFile::layered(&base, &[&short])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("4096 bytes"), "{err}");
         Ok(())
     }
 

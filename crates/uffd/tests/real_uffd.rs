@@ -155,6 +155,43 @@ fn random_reads_from_user_and_kernel_mode_match_the_file() {
     assert!(out.stats.fault_events > 0);
 }
 
+/// A Diff snapshot chain served without merging: the fixture's file as the Full base and
+/// two sparse diffs layered over it; every guest page shows the newest layer holding it.
+#[test]
+fn layered_diff_chain_is_served_page_by_page_from_the_newest_layer() {
+    use std::os::unix::fs::FileExt;
+    let fx = Fixture::new(8 * MIB);
+    let diff = |name: &str, every: u64, byte: u8| {
+        let path = fx.dir.path().join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(fx.len()).unwrap();
+        for page in (0..fx.pages).filter(|p| p % every == 0) {
+            f.write_all_at(&[byte ^ page as u8 | 1; PAGE as usize], page * PAGE)
+                .unwrap();
+        }
+        path
+    };
+    let (d1, d2) = (diff("d1", 3, 0xD1), diff("d2", 7, 0xD2));
+    let mem = Arc::new(MemoryFile::layered(&fx.mem_path, &[&d1, &d2]).unwrap());
+    let run = start_with(&fx, mem, &[5 * MIB, 3 * MIB], policy(256 << 10), None);
+    let mut got = vec![0u8; PAGE as usize];
+    let mut base = vec![0u8; PAGE as usize];
+    for page in 0..fx.pages {
+        run.vm.read(page * PAGE, &mut got);
+        let want = match (page % 7 == 0, page % 3 == 0) {
+            (true, _) => vec![0xD2 ^ page as u8 | 1; PAGE as usize],
+            (false, true) => vec![0xD1 ^ page as u8 | 1; PAGE as usize],
+            _ => {
+                page_bytes(page, &mut base);
+                base.clone()
+            }
+        };
+        assert!(got == want, "guest page {page}");
+    }
+    let out = run.finish();
+    assert!(out.stats.fault_events > 0);
+}
+
 #[test]
 fn guest_writes_after_serving_stick() {
     let fx = Fixture::new(4 * MIB);

@@ -438,3 +438,20 @@ pub fn read_hashes(path: &Path) -> BTreeMap<String, String> {
 pub fn labels(expected: &[&str]) -> Vec<String> {
     expected.iter().map(|s| s.to_string()).collect()
 }
+
+/// SplitMix64: tiny, seedable, good enough to pick edits in the randomized tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}

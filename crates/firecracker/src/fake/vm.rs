@@ -195,6 +195,9 @@ pub(crate) struct FakeVm {
     metrics: Option<Metrics>,
     /// The connection to the page-fault handler after a `Uffd` load, held as Firecracker does.
     uffd: Option<UnixStream>,
+    /// Snapshots created by this process: the fake guest "dirties" a different set of pages
+    /// between two of them, and writes the count into the pages it dirtied.
+    snapshots: u64,
 }
 
 fn default_machine() -> MachineConfiguration {
@@ -228,6 +231,7 @@ impl FakeVm {
             logger: None,
             metrics: None,
             uffd: None,
+            snapshots: 0,
         }
     }
 
@@ -636,10 +640,16 @@ impl FakeVm {
                 params.snapshot_path
             ))
         })?;
+        self.snapshots += 1;
+        // Firecracker >= 1.13 takes a Diff without dirty tracking too, writing every resident
+        // page (mincore): all of them here.
+        let only_dirty =
+            snapshot_type == SnapshotType::Diff && self.machine.track_dirty_pages == Some(true);
         write_memory(
             &self.resolve(&params.mem_file_path),
             self.config.mem_file_len,
-            snapshot_type,
+            only_dirty,
+            self.snapshots,
         )
         .map_err(|e| {
             bad(format!(
@@ -723,6 +733,14 @@ impl FakeVm {
                     return Err(failed(format!(
                         "the memory file {} is {len} bytes, the snapshot expects {}",
                         backend.backend_path, vmstate.mem_file_len
+                    )));
+                }
+                // A real guest would crash on a Diff's holes; the fake says why instead.
+                if let Some(page) = first_hole(&self.resolve(&backend.backend_path), len) {
+                    return Err(failed(format!(
+                        "the memory file {} has no data at page {page}: not a full guest memory \
+                         image (a Diff snapshot's memory loaded without its parent?)",
+                        backend.backend_path
                     )));
                 }
             }
@@ -830,23 +848,54 @@ pub(crate) fn resolve(config: &FakeConfig, path: &str) -> PathBuf {
     }
 }
 
-/// Placeholder guest memory: a recognisable pattern; a Diff snapshot writes only its first
-/// page and leaves the rest a hole, as a sparse diff file would.
-fn write_memory(path: &Path, len: u64, snapshot_type: SnapshotType) -> std::io::Result<()> {
-    const PATTERN: &[u8] = b"fake-firecracker guest memory page\n";
-    let written = match snapshot_type {
-        SnapshotType::Full => len,
-        SnapshotType::Diff => len.min(4096),
-    };
-    let mut data = Vec::with_capacity(usize::try_from(written).unwrap_or(0));
-    while (data.len() as u64) < written {
-        data.extend_from_slice(PATTERN);
-    }
-    data.truncate(usize::try_from(written).unwrap_or(0));
-    let mut file = std::fs::File::create(path)?;
-    file.write_all(&data)?;
+const PAGE: u64 = 4096;
+
+/// Whether the fake guest dirtied `page` before snapshot number `snapshot`: about a quarter
+/// of the pages, a different quarter each time, and always page 0.
+fn dirtied(page: u64, snapshot: u64) -> bool {
+    page == 0 || (page.wrapping_mul(2_654_435_761) ^ snapshot.wrapping_mul(97)) % 4 == 0
+}
+
+/// Placeholder guest memory, one labelled page at a time: every page for a Full snapshot
+/// (and an untracked Diff); for a tracked Diff only the pages dirtied since the last
+/// snapshot, the rest left as holes, as Firecracker writes a diff memory file.
+fn write_memory(path: &Path, len: u64, only_dirty: bool, snapshot: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path)?;
     file.set_len(len)?;
+    let mut page = vec![0u8; PAGE as usize];
+    for index in 0..len.div_ceil(PAGE) {
+        if only_dirty && !dirtied(index, snapshot) {
+            continue;
+        }
+        let label = format!("fake-firecracker guest memory: snapshot {snapshot}, page {index}\n");
+        for (i, byte) in page.iter_mut().enumerate() {
+            *byte = label.as_bytes()[i % label.len()];
+        }
+        let at = index * PAGE;
+        let n = usize::try_from((len - at).min(PAGE)).unwrap_or(0);
+        file.write_all_at(&page[..n], at)?;
+    }
     file.sync_all()
+}
+
+/// The first all-zero page of a memory file the fake could have written (64 MiB at most;
+/// bigger files are not checked), if any.
+fn first_hole(path: &Path, len: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    if len > 64 << 20 {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let mut page = vec![0u8; PAGE as usize];
+    for index in 0..len.div_ceil(PAGE) {
+        let n = usize::try_from((len - index * PAGE).min(PAGE)).unwrap_or(0);
+        file.read_exact_at(&mut page[..n], index * PAGE).ok()?;
+        if page[..n].iter().all(|b| *b == 0) {
+            return Some(index);
+        }
+    }
+    None
 }
 
 fn body<T: DeserializeOwned>(req: &MatchedRequest) -> Result<T, Reply> {

@@ -144,9 +144,20 @@ pub fn start(
     policy: Policy,
     prefetch: Option<WorkingSet>,
 ) -> Running {
+    let mem = Arc::new(MemoryFile::open(&fx.mem_path).unwrap());
+    start_with(fx, mem, regions, policy, prefetch)
+}
+
+/// [`start`] serving `mem` (e.g. a layered memory) instead of the fixture's file.
+pub fn start_with(
+    fx: &Fixture,
+    mem: Arc<MemoryFile>,
+    regions: &[u64],
+    policy: Policy,
+    prefetch: Option<WorkingSet>,
+) -> Running {
     let sock = fx.socket(&format!("uffd-{}", SOCKETS.fetch_add(1, Ordering::Relaxed)));
     let listener = UffdListener::bind(&sock).unwrap();
-    let mem = Arc::new(MemoryFile::open(&fx.mem_path).unwrap());
     let (tx, rx) = mpsc::channel();
     let handler = thread::spawn(move || {
         let hs = listener.accept(Duration::from_secs(10))?;
