@@ -11,7 +11,7 @@ mod support;
 use std::fs;
 
 use support::workspace::fixture_files;
-use support::{require_bazel, BazelServer, Fixture, Rng};
+use support::{random_seed, require_bazel, BazelServer, Differential, Fixture, Rng};
 
 const LAYERS: usize = 4;
 const PER_LAYER: usize = 3;
@@ -46,15 +46,7 @@ fn layered_files() -> Vec<(String, String)> {
 #[test]
 fn incremental_hashes_match_cold_runs_byte_for_byte() {
     let Some(bazel) = require_bazel() else { return };
-    let seed: u64 = std::env::var("BAZEL_DIFF_INCREMENTAL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = random_seed();
     eprintln!("incremental differential test: BAZEL_DIFF_INCREMENTAL_SEED={seed}");
     let mut rng = Rng(seed);
 
@@ -72,18 +64,8 @@ fn incremental_hashes_match_cold_runs_byte_for_byte() {
 
     let state = |n: usize| fixture.out(&format!("state{n}.bin"));
     let s0 = state(0);
-    let (cold_h, cold_d) = (fixture.out("cold.json"), fixture.out("cold_edges.json"));
-    let (inc_h, inc_d) = (fixture.out("inc.json"), fixture.out("inc_edges.json"));
-    let changed_list = fixture.out("changed.txt");
-    server.generate_hashes(
-        &cold_h,
-        &[
-            "-d",
-            cold_d.to_str().unwrap(),
-            "--write-graph-state",
-            s0.to_str().unwrap(),
-        ],
-    );
+    let diff = Differential::new(&fixture, &server);
+    diff.cold_with_state(&s0);
     assert!(fs::metadata(&s0).unwrap().len() > 48);
 
     let mut exec_bits: std::collections::HashMap<String, bool> = Default::default();
@@ -101,36 +83,10 @@ fn incremental_hashes_match_cold_runs_byte_for_byte() {
             }
             changed.push(path);
         }
-        fs::write(&changed_list, changed.join("\n") + "\n").unwrap();
-
-        let (prev, next) = (state(round - 1), state(round));
-        let run = server
-            .run(
-                "generate-hashes",
-                &[
-                    "-d",
-                    inc_d.to_str().unwrap(),
-                    "--incremental-from",
-                    prev.to_str().unwrap(),
-                    "--incremental-changed",
-                    changed_list.to_str().unwrap(),
-                    "--write-graph-state",
-                    next.to_str().unwrap(),
-                    inc_h.to_str().unwrap(),
-                ],
-            )
+        diff.incremental(&changed, &state(round - 1), Some(&state(round)), &[])
             .success()
             .stderr_has("graph-stable path");
-        drop(run);
-        server.generate_hashes(&cold_h, &["-d", cold_d.to_str().unwrap()]);
-        assert!(
-            fs::read(&inc_h).unwrap() == fs::read(&cold_h).unwrap(),
-            "seed {seed}, round {round} (changed {changed:?}): incremental hashes differ from the cold run"
-        );
-        assert!(
-            fs::read(&inc_d).unwrap() == fs::read(&cold_d).unwrap(),
-            "seed {seed}, round {round}: incremental dep edges differ from the cold run"
-        );
+        diff.assert_same_as_cold(&format!("seed {seed}, round {round} (changed {changed:?})"));
     }
 
     // BUILD edits and new files re-query their packages; workspace configuration takes the
@@ -151,27 +107,10 @@ fn incremental_hashes_match_cold_runs_byte_for_byte() {
             fixture.write(edit, "new\n");
         }
         since_last.push(edit);
-        fs::write(&changed_list, since_last.join("\n") + "\n").unwrap();
-        server
-            .run(
-                "generate-hashes",
-                &[
-                    "-d",
-                    inc_d.to_str().unwrap(),
-                    "--incremental-from",
-                    last.to_str().unwrap(),
-                    "--incremental-changed",
-                    changed_list.to_str().unwrap(),
-                    inc_h.to_str().unwrap(),
-                ],
-            )
+        diff.incremental(&since_last, &last, None, &[])
             .success()
             .stderr_has(why);
-        server.generate_hashes(&cold_h, &["-d", cold_d.to_str().unwrap()]);
-        assert!(
-            fs::read(&inc_h).unwrap() == fs::read(&cold_h).unwrap(),
-            "seed {seed}: the run for {edit} differs from the cold run"
-        );
+        diff.assert_same_as_cold(&format!("seed {seed}: the run for {edit}"));
     }
 
     // Different settings (a seed file) are refused too.
@@ -179,23 +118,13 @@ fn incremental_hashes_match_cold_runs_byte_for_byte() {
     let seed_file = fixture.out("seed_content");
     fs::write(&seed_file, "x").unwrap();
     fs::write(&seeds, format!("{}\n", seed_file.display())).unwrap();
-    fs::write(&changed_list, "").unwrap();
-    server
-        .run(
-            "generate-hashes",
-            &[
-                "-d",
-                inc_d.to_str().unwrap(),
-                "-s",
-                seeds.to_str().unwrap(),
-                "--incremental-from",
-                last.to_str().unwrap(),
-                "--incremental-changed",
-                changed_list.to_str().unwrap(),
-                inc_h.to_str().unwrap(),
-            ],
-        )
-        .success()
-        .stderr_has("full query")
-        .stderr_has("different settings");
+    diff.incremental(
+        &[] as &[&str],
+        &last,
+        None,
+        &["-s", seeds.to_str().unwrap()],
+    )
+    .success()
+    .stderr_has("full query")
+    .stderr_has("different settings");
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use support::workspace::fixture_files;
-use support::{require_bazel, BazelServer, Fixture, Rng};
+use support::{random_seed, require_bazel, BazelServer, Differential, Fixture, Rng};
 
 const LAYERS: usize = 3;
 const PER_LAYER: usize = 3;
@@ -240,20 +240,14 @@ fn mutate(fixture: &Fixture, rng: &mut Rng, round: usize, bzl_count: &mut usize)
     }
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
-}
-
 #[test]
 fn package_local_hashes_match_cold_runs_byte_for_byte() {
     let Some(bazel) = require_bazel() else { return };
-    let seed = env_number("BAZEL_DIFF_INCREMENTAL_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
-    let rounds = env_number("BAZEL_DIFF_INCREMENTAL_ROUNDS").unwrap_or(10) as usize;
+    let seed = random_seed();
+    let rounds = std::env::var("BAZEL_DIFF_INCREMENTAL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     eprintln!(
         "package-local differential test: BAZEL_DIFF_INCREMENTAL_SEED={seed} BAZEL_DIFF_INCREMENTAL_ROUNDS={rounds}"
     );
@@ -266,18 +260,8 @@ fn package_local_hashes_match_cold_runs_byte_for_byte() {
     let server = BazelServer::new(&bazel, &fixture);
 
     let state = |n: usize| fixture.out(&format!("state{}.bin", n % 2));
-    let (cold_h, cold_d) = (fixture.out("cold.json"), fixture.out("cold_edges.json"));
-    let (inc_h, inc_d) = (fixture.out("inc.json"), fixture.out("inc_edges.json"));
-    let changed_list = fixture.out("changed.txt");
-    server.generate_hashes(
-        &cold_h,
-        &[
-            "-d",
-            cold_d.to_str().unwrap(),
-            "--write-graph-state",
-            state(0).to_str().unwrap(),
-        ],
-    );
+    let diff = Differential::new(&fixture, &server);
+    diff.cold_with_state(&state(0));
 
     let mut bzl_count = 1;
     let mut paths_taken: BTreeSet<&str> = BTreeSet::new();
@@ -286,23 +270,8 @@ fn package_local_hashes_match_cold_runs_byte_for_byte() {
         for _ in 0..1 + rng.below(3) {
             changed.extend(mutate(&fixture, &mut rng, round, &mut bzl_count));
         }
-        fs::write(&changed_list, changed.join("\n") + "\n").unwrap();
-        let (prev, next) = (state(round - 1), state(round));
-        let run = server
-            .run(
-                "generate-hashes",
-                &[
-                    "-d",
-                    inc_d.to_str().unwrap(),
-                    "--incremental-from",
-                    prev.to_str().unwrap(),
-                    "--incremental-changed",
-                    changed_list.to_str().unwrap(),
-                    "--write-graph-state",
-                    next.to_str().unwrap(),
-                    inc_h.to_str().unwrap(),
-                ],
-            )
+        let run = diff
+            .incremental(&changed, &state(round - 1), Some(&state(round)), &[])
             .success();
         let path = ["graph-stable path", "package-local path"]
             .into_iter()
@@ -312,17 +281,9 @@ fn package_local_hashes_match_cold_runs_byte_for_byte() {
             "seed {seed}, round {round} (changed {changed:?}): expected an incremental path:\n{run}"
         );
         paths_taken.extend(path);
-        server.generate_hashes(&cold_h, &["-d", cold_d.to_str().unwrap()]);
-        assert!(
-            fs::read(&inc_h).unwrap() == fs::read(&cold_h).unwrap(),
-            "seed {seed}, round {round} (changed {changed:?}): incremental hashes differ from the cold run ({} vs {}):\n{run}",
-            inc_h.display(),
-            cold_h.display()
-        );
-        assert!(
-            fs::read(&inc_d).unwrap() == fs::read(&cold_d).unwrap(),
-            "seed {seed}, round {round} (changed {changed:?}): incremental dep edges differ from the cold run:\n{run}"
-        );
+        diff.assert_same_as_cold(&format!(
+            "seed {seed}, round {round} (changed {changed:?}):\n{run}"
+        ));
     }
     eprintln!("paths taken: {paths_taken:?}");
     if rounds >= 5 {
@@ -338,38 +299,24 @@ fn verify_flag_compares_with_the_full_query_and_widely_loaded_bzl_goes_full() {
     files.extend(layered.iter().map(|(p, c)| (p.as_str(), c.as_str())));
     let fixture = Fixture::new(&files);
     let server = BazelServer::new(&bazel, &fixture);
-    let (state, out, changed) = (
-        fixture.out("state.bin"),
-        fixture.out("h.json"),
-        fixture.out("changed.txt"),
-    );
-    server.generate_hashes(&out, &["--write-graph-state", state.to_str().unwrap()]);
-    let incremental = |extra: &[&str]| {
-        let mut args = vec![
-            "--incremental-from",
-            state.to_str().unwrap(),
-            "--incremental-changed",
-            changed.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        args.push(out.to_str().unwrap());
-        server.run("generate-hashes", &args)
-    };
+    let state = fixture.out("state.bin");
+    let diff = Differential::new(&fixture, &server);
+    diff.cold_with_state(&state);
+    let incremental =
+        |changed: &str, extra: &[&str]| diff.incremental(&[changed], &state, None, extra);
 
     fixture.write(
         "gen/l1p1/BUILD",
         &package_build(1, 1, "exports_files([\"s0.txt\"])\n"),
     );
-    fs::write(&changed, "gen/l1p1/BUILD\n").unwrap();
-    incremental(&["--incremental-verify"])
+    incremental("gen/l1p1/BUILD", &["--incremental-verify"])
         .success()
         .stderr_has("package-local path")
         .stderr_has("verified: identical to the full query");
 
     // A changed list that omits a change (the BUILD edit above; the state is still the
     // base's) makes the incremental result stale: verify fails.
-    fs::write(&changed, "gen/l0p1/s0.txt\n").unwrap();
-    let run = incremental(&["--incremental-verify"]).exit(1);
+    let run = incremental("gen/l0p1/s0.txt", &["--incremental-verify"]).exit(1);
     assert!(
         run.stderr
             .contains("incremental verify failed: //gen/l1p1:"),
@@ -392,10 +339,9 @@ fn verify_flag_compares_with_the_full_query_and_widely_loaded_bzl_goes_full() {
             );
         }
     }
-    server.generate_hashes(&out, &["--write-graph-state", state.to_str().unwrap()]);
+    diff.cold_with_state(&state);
     fixture.append("tools/stack.bzl", "# edited\n");
-    fs::write(&changed, "tools/stack.bzl\n").unwrap();
-    incremental(&[])
+    incremental("tools/stack.bzl", &[])
         .success()
         .stderr_has("full query: tools/stack.bzl is loaded by");
 }

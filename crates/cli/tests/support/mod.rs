@@ -455,3 +455,104 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 }
+
+/// The seed of a randomized test: `BAZEL_DIFF_INCREMENTAL_SEED` to replay one, else the clock.
+pub fn random_seed() -> u64 {
+    std::env::var("BAZEL_DIFF_INCREMENTAL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// The files of a differential test: incremental runs of `generate-hashes` and cold runs of
+/// the same tree, whose hash and dep-edge files must be byte-identical.
+pub struct Differential<'a> {
+    server: &'a BazelServer,
+    changed_list: PathBuf,
+    inc_hashes: PathBuf,
+    inc_edges: PathBuf,
+    cold_hashes: PathBuf,
+    cold_edges: PathBuf,
+}
+
+impl<'a> Differential<'a> {
+    pub fn new(fixture: &Fixture, server: &'a BazelServer) -> Self {
+        Differential {
+            server,
+            changed_list: fixture.out("changed.txt"),
+            inc_hashes: fixture.out("inc.json"),
+            inc_edges: fixture.out("inc_edges.json"),
+            cold_hashes: fixture.out("cold.json"),
+            cold_edges: fixture.out("cold_edges.json"),
+        }
+    }
+
+    /// A cold run that also writes the graph state the first incremental run starts from.
+    pub fn cold_with_state(&self, state: &Path) {
+        self.server.generate_hashes(
+            &self.cold_hashes,
+            &[
+                "-d",
+                self.cold_edges.to_str().unwrap(),
+                "--write-graph-state",
+                state.to_str().unwrap(),
+            ],
+        );
+    }
+
+    /// `generate-hashes --incremental-from from` over the `changed` paths, writing the next
+    /// graph state to `next` when given; `extra` flags go first. Returns the run, whatever
+    /// its exit code.
+    pub fn incremental(
+        &self,
+        changed: &[impl AsRef<str>],
+        from: &Path,
+        next: Option<&Path>,
+        extra: &[&str],
+    ) -> Run {
+        let list: String = changed
+            .iter()
+            .map(|p| format!("{}\n", p.as_ref()))
+            .collect();
+        fs::write(&self.changed_list, list).unwrap();
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend([
+            "-d",
+            self.inc_edges.to_str().unwrap(),
+            "--incremental-from",
+            from.to_str().unwrap(),
+            "--incremental-changed",
+            self.changed_list.to_str().unwrap(),
+        ]);
+        if let Some(next) = next {
+            args.extend(["--write-graph-state", next.to_str().unwrap()]);
+        }
+        args.push(self.inc_hashes.to_str().unwrap());
+        self.server.run("generate-hashes", &args)
+    }
+
+    /// Runs a cold `generate-hashes` now and panics with `context` unless the last
+    /// incremental run wrote the same hash and dep-edge files.
+    pub fn assert_same_as_cold(&self, context: &str) {
+        self.server.generate_hashes(
+            &self.cold_hashes,
+            &["-d", self.cold_edges.to_str().unwrap()],
+        );
+        for (what, inc, cold) in [
+            ("hashes", &self.inc_hashes, &self.cold_hashes),
+            ("dep edges", &self.inc_edges, &self.cold_edges),
+        ] {
+            assert!(
+                fs::read(inc).unwrap() == fs::read(cold).unwrap(),
+                "{context}: incremental {what} differ from the cold run ({} vs {})",
+                inc.display(),
+                cold.display()
+            );
+        }
+    }
+}
