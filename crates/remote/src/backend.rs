@@ -1,12 +1,15 @@
 //! The store backend seen by `bazel-diff-snap`: where entries are listed, opened and
 //! published. Two implementations: the local directory store itself, and an object store in
 //! front of a local store ([`ObjectBackend`]), which lists manifests, materializes the chosen
-//! entry into the local store and pushes recorded entries. Either way an opened entry is a
+//! entry (with the entries it requires) into the local store and pushes recorded entries. Either way an opened entry is a
 //! local, locked, verified [`EntryReader`], so drivers do not know which one they got.
+
+use std::path::Path;
 
 use bazel_diff_store::{EntryInfo, EntryKey, EntryReader, Store};
 
 use crate::error::Result;
+use crate::pages::LazyEntry;
 use crate::remote::{FetchStats, PushReport, SharedStore};
 
 /// Where entries live; see the module docs.
@@ -23,6 +26,15 @@ pub trait Backend {
     /// Opens `key` for use, fetching it first if it is not local; what the fetch cost
     /// (`None` for a local store).
     fn open_entry(&self, key: &EntryKey) -> Result<(EntryReader, Option<FetchStats>)>;
+
+    /// For a restore that serves the files in `lazy` on first read: opens `key` with every
+    /// other file fetched into `dest` (see [`SharedStore::open_lazily`]). `None` when the
+    /// entry is opened with [`open_entry`](Self::open_entry) instead (a local store, or an
+    /// intact local copy).
+    fn open_lazily(&self, key: &EntryKey, lazy: &[&str], dest: &Path) -> Result<Option<LazyEntry>> {
+        let _ = (key, lazy, dest);
+        Ok(None)
+    }
 
     /// Publishes the entry `key` that a record just put in the local store; `None` when
     /// there is nothing to do (a local store, or the object store already has it).
@@ -94,6 +106,10 @@ impl Backend for ObjectBackend {
     fn open_entry(&self, key: &EntryKey) -> Result<(EntryReader, Option<FetchStats>)> {
         let stats = self.shared.materialize(key, &self.local)?;
         Ok((self.local.open_entry(key)?, Some(stats)))
+    }
+
+    fn open_lazily(&self, key: &EntryKey, lazy: &[&str], dest: &Path) -> Result<Option<LazyEntry>> {
+        self.shared.open_lazily(key, &self.local, lazy, dest)
     }
 
     fn publish(&self, key: &EntryKey) -> Result<Option<PushReport>> {

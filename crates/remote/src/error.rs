@@ -51,6 +51,14 @@ pub enum RemoteError {
     /// A manifest cannot be parsed or does not describe its key.
     #[error("manifest {key} is unusable: {reason}")]
     BadManifest { key: String, reason: String },
+    /// An entry requires another (a Diff snapshot its parent) that is missing, unusable or
+    /// not the one it was built on.
+    #[error("entry {key} requires {required}, which is unusable: {reason}")]
+    UnmetRequirement {
+        key: String,
+        required: String,
+        reason: String,
+    },
     /// No manifest has this key.
     #[error("no entry {key} in {url}")]
     NotFound { key: String, url: String },
@@ -87,6 +95,7 @@ impl RemoteError {
             RemoteError::MissingChunk { .. }
                 | RemoteError::BadChunk { .. }
                 | RemoteError::BadManifest { .. }
+                | RemoteError::UnmetRequirement { .. }
         )
     }
 }

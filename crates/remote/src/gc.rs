@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use bazel_diff_store::EntryKey;
+use bazel_diff_store::{Dependencies, EntryKey};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -19,12 +19,14 @@ use crate::remote::{EntryListing, Remote};
 /// chunks older than [`DEFAULT_GRACE`].
 #[derive(Debug, Clone)]
 pub struct RemoteGcPolicy {
-    /// Keep at most the newest N entries of each fingerprint.
+    /// Keep at most the newest N entries of each fingerprint (plus the entries they
+    /// require: a kept entry keeps what it requires, transitively).
     pub keep_per_fingerprint: Option<usize>,
-    /// Remove entries older than this.
+    /// Remove entries older than this (unless a kept entry requires them).
     pub max_age: Option<Duration>,
     /// Then remove the oldest entries until their distinct chunks take at most this many
-    /// stored bytes.
+    /// stored bytes. Chains go whole: the oldest entry nothing kept requires (a chain's
+    /// head) goes with every entry only it required.
     pub max_bytes: Option<u64>,
     /// Unreferenced chunks younger than this are never deleted.
     pub grace: Duration,
@@ -52,6 +54,9 @@ pub struct RemoteGcReport {
     pub removed: Vec<String>,
     /// Entries kept.
     pub kept: Vec<String>,
+    /// Entries among `kept` that the rules selected, kept because kept entries require them
+    /// (e.g. the parents of a kept Diff snapshot).
+    pub required: Vec<String>,
     /// Manifests that cannot be parsed: kept, and they protect no chunk.
     pub corrupt: Vec<String>,
     pub chunks_total: u64,
@@ -91,10 +96,13 @@ impl Remote {
         // 2. Retention over the manifests.
         let listings = self.list_manifests(&self.dir(ENTRIES_DIR)).await?;
         let now_unix = unix(now);
-        let removed = select(&listings, policy, now_unix);
+        let Selection { removed, required } = select(&listings, policy, now_unix);
         let mut referenced: HashSet<String> = HashSet::new();
         for (i, listing) in listings.iter().enumerate() {
             let name = listing.key.to_string();
+            if required.contains(&i) {
+                report.required.push(name.clone());
+            }
             match &listing.manifest {
                 Err(_) => report.corrupt.push(name),
                 Ok(_) if removed.contains(&i) => {
@@ -210,8 +218,18 @@ impl Remote {
     }
 }
 
-/// Indices of the usable entries the rules remove.
-fn select(listings: &[EntryListing], policy: &RemoteGcPolicy, now_unix: i64) -> HashSet<usize> {
+/// What the retention rules decide over the manifests.
+#[derive(Debug, Default)]
+struct Selection {
+    /// Indices of the entries to remove.
+    removed: HashSet<usize>,
+    /// Indices of entries the rules selected but kept ones require.
+    required: HashSet<usize>,
+}
+
+/// Applies the rules to the usable entries. An entry a kept entry requires (transitively)
+/// is kept; the byte budget drops whole chains (see [`RemoteGcPolicy::max_bytes`]).
+fn select(listings: &[EntryListing], policy: &RemoteGcPolicy, now_unix: i64) -> Selection {
     let mut removed = HashSet::new();
     // Newest first within each fingerprint.
     let mut usable: Vec<(usize, &str, i64)> = listings
@@ -235,43 +253,68 @@ fn select(listings: &[EntryListing], policy: &RemoteGcPolicy, now_unix: i64) -> 
             removed.insert(i);
         }
     }
+    let deps = Dependencies::new(
+        listings
+            .iter()
+            .map(|l| (&l.key, l.manifest.as_ref().ok().map(|m| &m.metadata))),
+    );
+    let kept: Vec<bool> = (0..listings.len()).map(|i| !removed.contains(&i)).collect();
+    let needed = deps.closure(&kept);
+    let required: HashSet<usize> = removed.iter().copied().filter(|&i| needed[i]).collect();
+    removed.retain(|i| !needed[*i]);
     if let Some(budget) = policy.max_bytes {
         // Reference counts over distinct chunks, so shared chunks count once.
+        let mut live: Vec<bool> = (0..listings.len())
+            .map(|i| listings[i].manifest.is_ok() && !removed.contains(&i))
+            .collect();
         let mut refs: HashMap<&str, (u32, u64)> = HashMap::new();
-        for &(i, _, _) in &usable {
-            if removed.contains(&i) {
-                continue;
-            }
-            if let Ok(manifest) = &listings[i].manifest {
+        for (i, listing) in listings.iter().enumerate() {
+            if let (true, Ok(manifest)) = (live[i], &listing.manifest) {
                 for (digest, stored) in manifest.distinct_chunks() {
                     refs.entry(digest).or_insert((0, stored)).0 += 1;
                 }
             }
         }
         let mut total: u64 = refs.values().map(|(_, size)| size).sum();
-        let mut oldest_first: Vec<&(usize, &str, i64)> = usable
-            .iter()
-            .filter(|(i, _, _)| !removed.contains(i))
-            .collect();
+        let mut oldest_first: Vec<&(usize, &str, i64)> =
+            usable.iter().filter(|(i, _, _)| live[*i]).collect();
         oldest_first.sort_by_key(|(i, _, created)| (*created, &listings[*i].key));
-        for &(i, _, _) in oldest_first {
-            if total <= budget {
+        while total > budget {
+            // The oldest entry nothing live requires (a chain's head) goes, with every
+            // entry only it required.
+            let Some(&&(head, _, _)) = oldest_first
+                .iter()
+                .find(|(i, _, _)| live[*i] && !deps.is_required(*i, |d| live[d]))
+            else {
                 break;
-            }
-            if let Ok(manifest) = &listings[i].manifest {
-                for digest in manifest.distinct_chunks().into_keys() {
-                    if let Some(entry) = refs.get_mut(digest) {
-                        entry.0 -= 1;
-                        if entry.0 == 0 {
-                            total -= entry.1;
+            };
+            let mut unit = vec![head];
+            while let Some(i) = unit.pop() {
+                if !live[i] {
+                    continue;
+                }
+                live[i] = false;
+                removed.insert(i);
+                if let Ok(manifest) = &listings[i].manifest {
+                    for digest in manifest.distinct_chunks().into_keys() {
+                        if let Some(entry) = refs.get_mut(digest) {
+                            entry.0 -= 1;
+                            if entry.0 == 0 {
+                                total -= entry.1;
+                            }
                         }
                     }
                 }
+                unit.extend(
+                    deps.requires(i)
+                        .iter()
+                        .copied()
+                        .filter(|&j| live[j] && !deps.is_required(j, |d| live[d])),
+                );
             }
-            removed.insert(i);
         }
     }
-    removed
+    Selection { removed, required }
 }
 
 fn unix(t: SystemTime) -> i64 {

@@ -40,10 +40,26 @@
 //! chunk makes the entry unusable ([`RemoteError::BadChunk`], [`RemoteError::MissingChunk`]),
 //! never a wrong answer.
 //!
+//! # Lazy guest memory
+//!
+//! [`LazyPages`] serves one file of an entry to the userfaultfd handler of `bazel-diff-uffd`
+//! (it implements its `PageSource`): a chunk is fetched on the first fault or prefetch that
+//! needs it, once, verified like any read, and kept in a local backing file the handler
+//! copies from. [`SharedStore::open_lazily`] fetches the rest of the entry for such a
+//! restore.
+//!
+//! # Required entries
+//!
+//! An entry's metadata may name entries it cannot be used without (a Firecracker Diff
+//! snapshot's parent). [`SharedStore::push`] uploads those first when the store lacks them,
+//! and [`SharedStore::materialize`] fetches them along with the entry, after checking each
+//! required manifest against the requirement (key and pinned file digests), roots first.
+//!
 //! # Garbage collection: mark and sweep with a grace period
 //!
 //! [`Remote::gc`] (1) lists chunks with their modification times, (2) applies the retention
-//! rules to manifests, moving removed ones to `trash/`, (3) marks every chunk named by a live
+//! rules to manifests, keeping every entry a kept entry requires (`requires` in its
+//! metadata: a Diff snapshot's parents), moving removed ones to `trash/`, (3) marks every chunk named by a live
 //! manifest or by a trash manifest younger than the grace period (so a consume that read a
 //! manifest just before gc removed it can still fetch its chunks), and (4) deletes the
 //! unmarked chunks whose modification time, checked again right before the delete, is older
@@ -65,6 +81,7 @@ mod contract;
 mod error;
 mod gc;
 mod manifest;
+mod pages;
 mod progress;
 mod remote;
 mod runtime;
@@ -78,6 +95,7 @@ pub use contract::{
 pub use error::{RemoteError, Result};
 pub use gc::{RemoteGcPolicy, RemoteGcReport};
 pub use manifest::{ChunkRef, FileManifest, Manifest};
+pub use pages::{LazyEntry, LazyPages};
 pub use remote::{
     is_object_store_url, EntryListing, FetchStats, LazyFile, PushReport, Remote, SharedStore,
 };

@@ -114,6 +114,11 @@ impl Manifest {
         {
             return Err("its metadata names another entry".into());
         }
+        // The metadata is what a materialized copy publishes: the same rules (its
+        // requirements included) apply.
+        self.metadata
+            .check(key)
+            .map_err(|reason| format!("its metadata: {reason}"))?;
         let listed: Vec<(&String, u64, &String)> = self
             .metadata
             .files
@@ -206,6 +211,7 @@ mod tests {
             files: records,
             total_bytes: 5,
             extra: serde_json::Map::new(),
+            requires: Vec::new(),
         };
         let mut files = BTreeMap::new();
         files.insert(
@@ -269,5 +275,13 @@ mod tests {
         let mut m = sample();
         m.format_version += 1;
         assert!(m.check(&key()).is_err());
+        let mut m = sample();
+        m.metadata
+            .requires
+            .push(bazel_diff_store::Requirement::new(&key()));
+        assert!(m
+            .check(&key())
+            .expect_err("self")
+            .contains("requires itself"));
     }
 }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bazel_diff_store::{
-    EntryInfo, EntryKey, EntryState, Metadata, MetadataInput, Published, Removed, Store, StoreError,
+    EntryInfo, EntryKey, EntryState, Metadata, MetadataInput, Published, Removed, Store,
+    StoreError, METADATA_FILE,
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -25,6 +26,7 @@ use crate::contract::{
 };
 use crate::error::{io_err, RemoteError, Result};
 use crate::manifest::{ChunkRef, FileManifest, Manifest};
+use crate::pages::LazyEntry;
 use crate::{progress, runtime};
 
 /// Whether `--store` names an object store (`scheme://...`) rather than a directory.
@@ -84,6 +86,18 @@ pub struct FetchStats {
     /// Uncompressed bytes produced.
     pub logical_bytes: u64,
     pub seconds: f64,
+}
+
+impl FetchStats {
+    /// Adds what another read cost (its `seconds` too: sequential reads).
+    fn add(&mut self, other: &FetchStats) {
+        self.chunks += other.chunks;
+        self.from_cache += other.from_cache;
+        self.fetched += other.fetched;
+        self.fetched_bytes += other.fetched_bytes;
+        self.logical_bytes += other.logical_bytes;
+        self.seconds += other.seconds;
+    }
 }
 
 impl Remote {
@@ -439,7 +453,7 @@ impl Remote {
     }
 
     /// One chunk of `file`, verified: from the cache, else from the store (then cached).
-    async fn chunk(
+    pub(crate) async fn chunk(
         &self,
         cache: &ChunkCache,
         file: &str,
@@ -485,12 +499,30 @@ impl Remote {
     /// once and verified. On error, `dest` holds partial files: write into a staging
     /// directory.
     pub fn pull(&self, manifest: &Manifest, cache: &ChunkCache, dest: &Path) -> Result<FetchStats> {
+        self.pull_except(manifest, cache, dest, &[])
+    }
+
+    /// [`pull`](Self::pull) of every file of `manifest` but those named in `skip` (served
+    /// lazily instead, see [`LazyPages`](crate::LazyPages)).
+    pub fn pull_except(
+        &self,
+        manifest: &Manifest,
+        cache: &ChunkCache,
+        dest: &Path,
+        skip: &[&str],
+    ) -> Result<FetchStats> {
         let started = Instant::now();
-        let bar = progress::bytes_bar(manifest.logical_bytes, "downloading");
+        let wanted: Vec<(&String, &FileManifest)> = manifest
+            .files
+            .iter()
+            .filter(|(rel, _)| !skip.contains(&rel.as_str()))
+            .collect();
+        let logical_bytes = wanted.iter().map(|(_, file)| file.size).sum();
+        let bar = progress::bytes_bar(logical_bytes, "downloading");
         // Each distinct chunk once, with every place it goes.
         let mut targets: HashMap<&str, Placement<'_>> = HashMap::new();
         let mut handles = Vec::new();
-        for (rel, file) in &manifest.files {
+        for (rel, file) in wanted {
             let path = dest.join(rel);
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).map_err(io_err("create", parent))?;
@@ -513,7 +545,7 @@ impl Remote {
         }
         let stats = Mutex::new(FetchStats {
             chunks: targets.len() as u64,
-            logical_bytes: manifest.logical_bytes,
+            logical_bytes,
             ..FetchStats::default()
         });
         let handles = &handles;
@@ -628,8 +660,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Random access to one file of a remote entry: only the chunks a read touches are fetched
-/// (and cached). This is the hook for fetching guest memory on first fault: a userfaultfd
-/// handler maps the faulting page to `read_at(page_offset, page_size)`.
+/// (and cached). Guest memory served on first fault goes through
+/// [`LazyPages`](crate::LazyPages) instead, which keeps fetched chunks mapped for the
+/// userfaultfd handler.
 pub struct LazyFile<'a> {
     remote: &'a Remote,
     cache: &'a ChunkCache,
@@ -730,38 +763,134 @@ impl SharedStore {
     }
 
     /// Publishes the local entry `key` of `local` to the object store, unless the store
-    /// already has it; `None` then.
+    /// already has it; `None` then. Entries it requires that the store lacks are pushed
+    /// first (from `local`; failing if it lacks them): like chunks before a manifest, a
+    /// reader never sees an entry whose requirements are not there.
     pub fn push(&self, local: &Store, key: &EntryKey) -> Result<Option<PushReport>> {
+        self.push_with_requirements(local, key, 0)
+    }
+
+    fn push_with_requirements(
+        &self,
+        local: &Store,
+        key: &EntryKey,
+        depth: usize,
+    ) -> Result<Option<PushReport>> {
         if self.remote.contains(key)? {
             return Ok(None);
         }
         let entry = local.open_entry(key)?;
+        for required in entry.metadata().required_keys() {
+            if depth == MAX_REQUIRED_DEPTH {
+                return Err(too_deep(key));
+            }
+            if let Some(report) = self.push_with_requirements(local, &required, depth + 1)? {
+                tracing::info!(entry = %required, required_by = %key, bytes = report.uploaded_bytes, "pushed a required entry");
+            }
+        }
         self.remote
             .push(entry.path(), entry.metadata(), None)
             .map(Some)
     }
 
-    /// Makes the entry `key` available in `local`, fetching only the chunks the cache lacks.
-    /// An intact local copy is reused as is. Fails (and publishes nothing) on any missing or
-    /// corrupt chunk.
+    /// Makes the entry `key` available in `local`, with the entries it requires (a Diff
+    /// snapshot's parents, transitively; fetched first, each checked against the digests
+    /// the requirement pins), fetching only the chunks the cache lacks. An intact local
+    /// copy is reused as is. Fails (and publishes nothing more) on any missing or corrupt
+    /// chunk or unmet requirement. The stats cover every entry fetched.
     pub fn materialize(&self, key: &EntryKey, local: &Store) -> Result<FetchStats> {
+        let started = Instant::now();
         let manifest = self.remote.manifest(key)?;
+        let mut stats = self.materialize_required(&manifest, local)?;
+        stats.add(&self.materialize_one(key, local, &manifest)?);
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// Materializes, in `local`, every entry `manifest` requires (transitively). Every
+    /// requirement is checked against the required entry's manifest before anything is
+    /// downloaded, and the deepest go first, so a failure never leaves an entry without
+    /// what it requires.
+    fn materialize_required(&self, manifest: &Manifest, local: &Store) -> Result<FetchStats> {
+        // Breadth first: (key, manifest, depth) of every required entry.
+        let mut needed = self.requirements_of(manifest, 0)?;
+        let mut next = 0;
+        while let Some((_, dependent, depth)) = needed.get(next) {
+            let more = self.requirements_of(dependent, *depth)?;
+            needed.extend(more);
+            next += 1;
+        }
+        let mut stats = FetchStats::default();
+        for (key, required, _) in needed.iter().rev() {
+            stats.add(&self.materialize_one(key, local, required)?);
+        }
+        Ok(stats)
+    }
+
+    /// The entries `dependent` (at `depth` below the entry being opened) requires, each
+    /// checked against its manifest.
+    fn requirements_of(
+        &self,
+        dependent: &Manifest,
+        depth: usize,
+    ) -> Result<Vec<(EntryKey, Manifest, usize)>> {
+        let key = dependent.key().map_err(|reason| RemoteError::BadManifest {
+            key: format!("{}/{}", dependent.fingerprint, dependent.base_sha),
+            reason,
+        })?;
+        if !dependent.metadata.requires.is_empty() && depth == MAX_REQUIRED_DEPTH {
+            return Err(too_deep(&key));
+        }
+        let mut out = Vec::new();
+        for requirement in &dependent.metadata.requires {
+            let required = requirement.key().map_err(StoreError::from)?;
+            let unmet = |reason: String| RemoteError::UnmetRequirement {
+                key: key.to_string(),
+                required: required.to_string(),
+                reason,
+            };
+            let manifest = match self.remote.manifest(&required) {
+                Ok(manifest) => manifest,
+                Err(RemoteError::NotFound { url, .. }) => {
+                    return Err(unmet(format!("it is not in {url}")))
+                }
+                Err(RemoteError::BadManifest { reason, .. }) => {
+                    return Err(unmet(format!("its manifest is unusable: {reason}")))
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(reason) = requirement.unmet(Some(&manifest.metadata)) {
+                return Err(unmet(reason));
+            }
+            out.push((required, manifest, depth + 1));
+        }
+        Ok(out)
+    }
+
+    /// [`materialize`](Self::materialize) of the one entry `manifest` describes.
+    fn materialize_one(
+        &self,
+        key: &EntryKey,
+        local: &Store,
+        manifest: &Manifest,
+    ) -> Result<FetchStats> {
         // Twice at most: a concurrent consume on this host may materialize it first.
         for _ in 0..2 {
-            if let Some(stats) = self.reuse_local(key, local, &manifest)? {
+            if let Some(stats) = self.reuse_local(key, local, manifest)? {
                 return Ok(stats);
             }
             let staging = local.begin(key)?;
             if staging.entry_exists()? {
                 continue;
             }
-            let stats = self.remote.pull(&manifest, &self.cache, staging.path())?;
+            let stats = self.remote.pull(manifest, &self.cache, staging.path())?;
             let meta = &manifest.metadata;
             let mut input = MetadataInput::new(&meta.tool_version, &meta.driver).with_created(
                 SystemTime::UNIX_EPOCH
                     + Duration::from_secs(u64::try_from(meta.created_unix).unwrap_or(0)),
             );
             input.extra = meta.extra.clone();
+            input.requires = meta.requires.clone();
             return match staging.publish(input)? {
                 Published::Created { metadata, path } if metadata.files != meta.files => {
                     // Chunks verified but the assembled files do not hash to the recorded
@@ -784,6 +913,44 @@ impl SharedStore {
         })
     }
 
+    /// For a restore that serves the files in `lazy` on first read (see
+    /// [`LazyPages`](crate::LazyPages)): pulls every other file of `key` into `dest`, with
+    /// the entry's `metadata.json`, and leaves those on the object store. `None` when the
+    /// entry should be opened with [`materialize`](Self::materialize) instead: `local`
+    /// holds an intact copy, the entry lacks one of the `lazy` files, or it requires other
+    /// entries (a Diff snapshot, layered over its parents' local files). Pulled chunks are
+    /// verified; `dest` is not a store entry (nothing else locks or lists it).
+    pub fn open_lazily(
+        &self,
+        key: &EntryKey,
+        local: &Store,
+        lazy: &[&str],
+        dest: &Path,
+    ) -> Result<Option<LazyEntry>> {
+        let manifest = self.remote.manifest(key)?;
+        if lazy.iter().any(|f| !manifest.files.contains_key(*f))
+            || !manifest.metadata.requires.is_empty()
+            || self.reuse_local(key, local, &manifest)?.is_some()
+        {
+            return Ok(None);
+        }
+        fs::create_dir_all(dest).map_err(io_err("create", dest))?;
+        let stats = self
+            .remote
+            .pull_except(&manifest, &self.cache, dest, lazy)?;
+        let meta_path = dest.join(METADATA_FILE);
+        let meta = serde_json::to_vec_pretty(&manifest.metadata)
+            .map_err(|e| io_err("serialize", &meta_path)(e.into()))?;
+        fs::write(&meta_path, meta).map_err(io_err("write", &meta_path))?;
+        Ok(Some(LazyEntry {
+            dir: dest.to_path_buf(),
+            manifest,
+            stats,
+            url: self.remote.url().to_owned(),
+            cache: self.cache.clone(),
+        }))
+    }
+
     /// The stats of reusing the local copy of `key` if it is intact and the same entry;
     /// otherwise removes it (if any) and returns `None`.
     fn reuse_local(
@@ -798,6 +965,7 @@ impl SharedStore {
         let intact = match local.open_entry(key) {
             Ok(entry) => {
                 entry.metadata().files == manifest.metadata.files
+                    && entry.metadata().requires == manifest.metadata.requires
                     && entry.verify_quick()?.is_empty()
             }
             Err(_) => false,
@@ -816,6 +984,18 @@ impl SharedStore {
             }),
             Removed::Removed { .. } | Removed::NotFound => Ok(None),
         }
+    }
+}
+
+/// A chain of required entries this long is refused (a cycle, or a forged store).
+const MAX_REQUIRED_DEPTH: usize = 64;
+
+fn too_deep(key: &EntryKey) -> RemoteError {
+    RemoteError::BadManifest {
+        key: key.to_string(),
+        reason: format!(
+            "its chain of required entries is longer than {MAX_REQUIRED_DEPTH} (a cycle?)"
+        ),
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bazel_diff_remote::{ChunkCache, Manifest, Remote, RemoteError, RemoteGcPolicy, SharedStore};
-use bazel_diff_store::{EntryKey, MetadataInput, Store};
+use bazel_diff_store::{EntryKey, MetadataInput, Requirement, Store};
 use bazel_diff_testkit::{require_moto, S3Server};
 
 const FP: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -485,4 +485,111 @@ fn gc_keeps_referenced_and_young_chunks_while_a_record_runs() {
         .is_empty());
     let keep: HashSet<String> = HashSet::new();
     assert!(b.shared.cache.evict(&keep).unwrap().chunks > 0);
+}
+
+/// Records a small entry created at `created` (Unix seconds), requiring `parent`'s `mem`.
+fn record_requiring(store: &Store, n: u8, created: u64, parent: Option<&EntryKey>) -> EntryKey {
+    let key = EntryKey::new(FP, &sha(n)).unwrap();
+    let staging = store.begin(&key).unwrap();
+    // Odd seeds: `noise` makes them odd anyway, so distinct odd seeds give distinct data.
+    let seed = 2 * u64::from(n) + 1;
+    std::fs::write(staging.path().join("base_hashes.json"), noise(50_000, seed)).unwrap();
+    std::fs::write(staging.path().join("mem"), noise(100_000, 1000 + seed)).unwrap();
+    let mut input = MetadataInput::new("test", "firecracker")
+        .with_created(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + created));
+    if let Some(parent) = parent {
+        let mem = store.open_entry(parent).unwrap().metadata().files["mem"]
+            .sha256
+            .clone();
+        input = input.with_requirement(Requirement::new(parent).with_file("mem", mem));
+    }
+    staging.publish(input).unwrap();
+    key
+}
+
+/// A Diff chain on the shared store: pushing its tip pushes the parents first,
+/// materializing the tip on another host brings them, gc keeps them while the tip is kept,
+/// and a tip whose parent is gone is an unmet requirement with nothing published locally.
+#[test]
+fn required_entries_travel_with_their_dependent_and_gc_keeps_them() {
+    let Some(s3) = server() else { return };
+    let a = host(&s3, &s3.endpoint());
+    let root = record_requiring(&a.store, 1, 100, None);
+    let diff1 = record_requiring(&a.store, 2, 200, Some(&root));
+    let full = record_requiring(&a.store, 4, 250, None);
+    let diff2 = record_requiring(&a.store, 3, 300, Some(&diff1));
+    let listed = |host: &Host| -> Vec<String> {
+        host.shared
+            .remote
+            .list(None)
+            .unwrap()
+            .iter()
+            .map(|l| l.key.base_sha().to_owned())
+            .collect()
+    };
+    assert!(a.shared.push(&a.store, &diff2).unwrap().is_some());
+    assert_eq!(listed(&a), [sha(1), sha(2), sha(3)]);
+    a.shared.push(&a.store, &full).unwrap();
+
+    // Host B materializes the tip from an empty cache: its chain comes along.
+    let b = host(&s3, &s3.endpoint());
+    let got = b.shared.materialize(&diff2, &b.store).unwrap();
+    assert_eq!(got.from_cache, 0);
+    assert!(got.logical_bytes >= 3 * 150_000, "{got:?}");
+    let keys: Vec<EntryKey> = b
+        .store
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(b.store.verify_all().unwrap().iter().all(|r| r.is_ok()));
+    assert_eq!(
+        b.store.open_entry(&diff2).unwrap().metadata(),
+        a.store.open_entry(&diff2).unwrap().metadata(),
+        "the same entry, requirements included"
+    );
+
+    // Keep one per fingerprint: the tip, hence its whole chain; the Full entry goes.
+    let policy = RemoteGcPolicy {
+        keep_per_fingerprint: Some(1),
+        ..RemoteGcPolicy::default()
+    };
+    let report = a.shared.remote.gc(&policy, SystemTime::now()).unwrap();
+    assert_eq!(report.removed, [full.to_string()], "{report:?}");
+    assert_eq!(report.required, [root.to_string(), diff1.to_string()]);
+    // After the grace period the removed entry's chunks go; the chain's stay usable.
+    let later = SystemTime::now() + Duration::from_secs(48 * 3600);
+    let swept = a.shared.remote.gc(&policy, later).unwrap();
+    assert!(swept.chunks_deleted > 0, "{swept:?}");
+    assert!(swept.removed.is_empty(), "{swept:?}");
+    let c = host(&s3, &s3.endpoint());
+    c.shared.materialize(&diff2, &c.store).unwrap();
+    assert_eq!(c.store.entries().unwrap().len(), 3);
+
+    // The root removed behind the chain's back: the tip is unusable, nothing is fetched.
+    a.shared.remote.remove(&root).unwrap();
+    let d = host(&s3, &s3.endpoint());
+    let err = d.shared.materialize(&diff2, &d.store).unwrap_err();
+    assert!(
+        matches!(err, RemoteError::UnmetRequirement { .. }) && err.is_corruption(),
+        "{err}"
+    );
+    assert!(err.to_string().contains(root.base_sha()), "{err}");
+    assert!(d.store.entries().unwrap().is_empty());
+
+    // A byte budget drops the chain whole (its head is the only entry left to drop).
+    let report = a
+        .shared
+        .remote
+        .gc(
+            &RemoteGcPolicy {
+                max_bytes: Some(1),
+                ..RemoteGcPolicy::default()
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+    assert_eq!(report.removed, [diff1.to_string(), diff2.to_string()]);
 }

@@ -152,6 +152,14 @@ pub fn gc(args: &GcArgs) -> Result<()> {
         for e in &report.skipped_in_use {
             writeln!(out, "in use, kept {}", e.path.display())?;
         }
+        for e in report.kept.iter().filter(|e| !e.required_by.is_empty()) {
+            writeln!(
+                out,
+                "kept {}: required by {} kept entries (a Diff chain)",
+                e.path.display(),
+                e.required_by.len()
+            )?;
+        }
         for dir in &servers {
             writeln!(out, "retired Bazel output root {}", dir.display())?;
         }

@@ -216,33 +216,53 @@ fn consume_with_snapshot(
         .check_available()
         .map_err(|Unavailable(why)| no_snapshot(format!("driver unavailable: {why}")))?;
     let (key, base, target) = choose(ctx, driver, &args.selection, report, phases)?;
+    let scratch = ctx.scratch()?;
+    let unusable = |e: bazel_diff_remote::RemoteError| {
+        no_snapshot(format!("cannot open the chosen entry: {e}"))
+    };
     // From an object store the entry is fetched into the local store first (only the chunks
-    // the cache lacks, each verified): any missing or bad chunk is exit 2 too.
-    let (entry, fetched) = ctx
-        .backend
-        .open_entry(&key)
-        .map_err(|e| no_snapshot(format!("cannot open the chosen entry: {e}")))?;
-    if fetched.is_some() {
-        phases.mark(report, "fetch");
-    }
-    let problems = entry.verify()?;
-    if !problems.is_empty() {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        return Err(no_snapshot(format!(
-            "entry {} is corrupt: {}",
-            entry.path().display(),
-            list.join("; ")
-        )));
-    }
+    // the cache lacks, each verified): any missing or bad chunk is exit 2 too. Files the
+    // driver reads on demand (guest memory) stay remote when no local copy exists: the rest
+    // is fetched into the scratch directory, and they are read chunk by chunk, verified.
+    let lazy = match driver.lazy_files() {
+        [] => None,
+        files => ctx
+            .backend
+            .open_lazily(&key, files, &scratch.path().join("entry"))
+            .map_err(unusable)?,
+    };
+    let (_reader, entry_dir, fetched) = match &lazy {
+        Some(lazy) => {
+            phases.mark(report, "fetch");
+            (None, lazy.dir.clone(), Some(lazy.stats.clone()))
+        }
+        None => {
+            let (entry, fetched) = ctx.backend.open_entry(&key).map_err(unusable)?;
+            if fetched.is_some() {
+                phases.mark(report, "fetch");
+            }
+            let problems = entry.verify()?;
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                return Err(no_snapshot(format!(
+                    "entry {} is corrupt: {}",
+                    entry.path().display(),
+                    list.join("; ")
+                )));
+            }
+            let dir = entry.path().to_path_buf();
+            (Some(entry), dir, fetched)
+        }
+    };
     report.entry = Some(json!({
-        "dir": entry.path(),
+        "dir": entry_dir,
         "base_sha": key.base_sha(),
         "fingerprint": key.fingerprint(),
         "driver": driver.kind(),
         "fetch": fetched,
+        "lazy_files": lazy.as_ref().map(|_| driver.lazy_files()),
     }));
     phases.mark(report, "verify");
-    let scratch = ctx.scratch()?;
     // A warm state that fails is a snapshot we could not use: exit 2 (or the cold path),
     // never a hard error the caller would not retry cold (upstream finding F10).
     let hashes = driver
@@ -250,7 +270,8 @@ fn consume_with_snapshot(
             ctx,
             &ConsumePlan {
                 fingerprint: key.fingerprint(),
-                entry_dir: entry.path(),
+                entry_dir: &entry_dir,
+                lazy: lazy.as_ref(),
                 entry_base: key.base_sha(),
                 base: &base,
                 target: &target,

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use bazel_diff_store::Requirement;
 use serde_json::{json, Value};
 
 use crate::context::Context as Ctx;
@@ -33,6 +34,9 @@ pub struct ConsumePlan<'a> {
     pub fingerprint: &'a str,
     /// The entry's directory (read-only) and base commit.
     pub entry_dir: &'a Path,
+    /// Set when the entry came from an object store without the driver's
+    /// [`Driver::lazy_files`]: `entry_dir` lacks them, read them through this.
+    pub lazy: Option<&'a bazel_diff_remote::LazyEntry>,
     pub entry_base: &'a str,
     /// The base to diff against; stored base hashes are used only when it equals the entry's.
     pub base: &'a str,
@@ -77,8 +81,21 @@ pub trait Driver {
     /// driver's metadata. The worktree is checked out at `base` and locked by the caller.
     fn record(&self, ctx: &Ctx, fingerprint: &str, base: &str, staging: &Path) -> Result<Value>;
 
+    /// The entries an entry recorded with driver metadata `state` under store key
+    /// `fingerprint` cannot be used without (stored as the entry's `requires`, so gc keeps
+    /// them and an object store fetches them along). None by default.
+    fn requirements(&self, _fingerprint: &str, _state: &Value) -> Result<Vec<Requirement>> {
+        Ok(Vec::new())
+    }
+
     /// Computes head (and, when needed, base) hashes for a consume.
     fn consume(&self, ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<ConsumeHashes>;
+
+    /// Entry files this consume reads on demand: from an object store they are not
+    /// downloaded up front (see [`ConsumePlan::lazy`]).
+    fn lazy_files(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// The entry file holding the base graph for incremental consumes (issue 6).

@@ -39,6 +39,8 @@ use bazel_diff_firecracker::{
     MachineConfiguration, Metrics, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
     VmConfig, VmProcess, Vsock,
 };
+use bazel_diff_remote::LazyPages;
+use bazel_diff_uffd::PageSource;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -356,6 +358,14 @@ impl Driver for FirecrackerDriver {
         "firecracker"
     }
 
+    /// With the uffd backend, guest memory from an object store is fetched on first fault.
+    fn lazy_files(&self) -> &'static [&'static str] {
+        match self.opts.memory_backend {
+            MemoryBackend::Uffd => &[MEM_FILE],
+            MemoryBackend::File => &[],
+        }
+    }
+
     fn check_available(&self) -> Result<(), Unavailable> {
         if std::env::var(SKIP_KVM_ENV).as_deref() != Ok("1") {
             let kvm = c"/dev/kvm";
@@ -378,6 +388,10 @@ impl Driver for FirecrackerDriver {
             }
         }
         Ok(())
+    }
+
+    fn requirements(&self, key: &str, state: &Value) -> Result<Vec<bazel_diff_store::Requirement>> {
+        driver_fc_mem::requirements(key, state)
     }
 
     fn key_material(&self) -> Result<Option<String>> {
@@ -431,6 +445,7 @@ impl Driver for FirecrackerDriver {
                     ctx,
                     key,
                     &p.dir,
+                    None,
                     &p.state,
                     p.snapshot_type == SnapshotType::Diff,
                 )?;
@@ -560,8 +575,14 @@ impl Driver for FirecrackerDriver {
 
     fn consume(&self, ctx: &Ctx, plan: &ConsumePlan<'_>) -> Result<ConsumeHashes> {
         let state = read_state(plan.entry_dir)?;
-        let (mut vm, mut agent, _) =
-            self.restore(ctx, plan.fingerprint, plan.entry_dir, &state, false)?;
+        let (mut vm, mut agent, _) = self.restore(
+            ctx,
+            plan.fingerprint,
+            plan.entry_dir,
+            plan.lazy,
+            &state,
+            false,
+        )?;
         let recorded_pid = state["server_pid"].as_str().unwrap_or_default().to_owned();
         let server_pid = self.server_pid(&mut agent)?;
         let warm_state_lost = server_pid != recorded_pid;
@@ -688,8 +709,9 @@ impl FirecrackerDriver {
             return Ok(None);
         };
         let parent_base = if from == "auto" {
+            // Through the backend: on an object store, the parent may be on another host.
             let candidates: Vec<String> = ctx
-                .store
+                .backend
                 .entries_for(key)?
                 .iter()
                 .filter_map(|e| e.metadata())
@@ -711,7 +733,8 @@ impl FirecrackerDriver {
             ctx.repo.commit(from)?
         };
         let entry_key = bazel_diff_store::EntryKey::new(key, &parent_base)?;
-        let reader = ctx.store.open_entry(&entry_key).with_context(|| {
+        // Fetched (with its own parents) when the store is an object store.
+        let (reader, _) = ctx.backend.open_entry(&entry_key).with_context(|| {
             format!("--diff-from {from}: no usable entry for {parent_base} under this key")
         })?;
         let problems = reader.verify()?;
@@ -813,17 +836,29 @@ impl FirecrackerDriver {
 
     /// Restores the entry at `entry_dir` (and its Diff parents) into a fresh VM with its own
     /// clone of the disk, resumes it, and resyncs the guest's clock and entropy. With
-    /// `track_dirty`, the VM tracks dirty pages for a Diff snapshot on top of this entry.
+    /// `lazy`, `entry_dir` lacks the memory file, which the uffd handler serves from the
+    /// object store. With `track_dirty`, the VM tracks dirty pages for a Diff snapshot on
+    /// top of this entry.
     fn restore(
         &self,
         ctx: &Ctx,
         key: &str,
         entry_dir: &Path,
+        lazy: Option<&bazel_diff_remote::LazyEntry>,
         state: &Value,
         track_dirty: bool,
     ) -> Result<(RunningVm, Agent, bazel_diff_agent::protocol::Hello)> {
         let mem_mib = state["mem_size_mib"].as_u64().unwrap_or(self.opts.mem_mib);
         let chain = driver_fc_mem::memory_chain(&ctx.store, key, entry_dir, state)?;
+        // A Diff entry's memory is layered over its parents' files: download it after all.
+        let lazy = match lazy {
+            Some(lazy) if chain.is_diff() => {
+                lazy.fetch(MEM_FILE)
+                    .context("downloading the Diff entry's memory file")?;
+                None
+            }
+            other => other,
+        };
         let ws_path = self.working_set_path(ctx, key, entry_dir)?;
         let id = format!("bds-con-{}", nonce());
         let (process, api, files) =
@@ -847,9 +882,22 @@ impl FirecrackerDriver {
                 (BackendType::File, files.api("mem.merged"), None, memory)
             }
             MemoryBackend::Uffd => {
-                let (mem, memory) = uffd_memory(&chain, &files)?;
+                let (mem, memory, lazy) = match lazy {
+                    Some(lazy) => {
+                        let pages = Arc::new(
+                            lazy.pages(MEM_FILE, &lazy.dir)
+                                .context("opening the memory file on the object store")?,
+                        );
+                        let memory = json!({ "layers": 1, "lazy": true });
+                        (pages.clone() as Arc<dyn PageSource>, memory, Some(pages))
+                    }
+                    None => {
+                        let (mem, memory) = uffd_memory(&chain, &files)?;
+                        (mem as Arc<dyn PageSource>, memory, None)
+                    }
+                };
                 let socket = files.host("uffd.sock");
-                let server = UffdServer::start(&socket, mem, ws_path)?;
+                let server = UffdServer::start(&socket, mem, lazy, ws_path)?;
                 // The jailed Firecracker must be able to connect.
                 files.own(&socket)?;
                 (
@@ -981,6 +1029,8 @@ struct UffdServer {
     thread: std::thread::JoinHandle<Result<Value, String>>,
     /// Set once the handshake is accepted.
     stop: std::sync::mpsc::Receiver<bazel_diff_uffd::StopHandle>,
+    /// The memory file when it is fetched on first fault, for what that cost.
+    lazy: Option<Arc<LazyPages>>,
 }
 
 /// How long [`UffdServer::finish`] waits for the handler to notice Firecracker's exit
@@ -990,7 +1040,8 @@ const UFFD_EXIT_GRACE: Duration = Duration::from_secs(5);
 impl UffdServer {
     fn start(
         socket: &Path,
-        mem: Arc<bazel_diff_uffd::MemoryFile>,
+        mem: Arc<dyn PageSource>,
+        lazy: Option<Arc<LazyPages>>,
         ws_path: PathBuf,
     ) -> Result<UffdServer> {
         use bazel_diff_uffd::{Handler, Policy, UffdListener, WorkingSet};
@@ -999,10 +1050,16 @@ impl UffdServer {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let (stop_tx, stop) = std::sync::mpsc::channel();
+        let lazy_chunk = lazy.as_ref().map(|pages| pages.chunk_bytes());
         let thread = std::thread::spawn(move || {
             let run = || -> bazel_diff_uffd::Result<Value> {
                 let handshake = listener.accept(Duration::from_secs(60))?;
-                let mut handler = Handler::new(handshake, mem, Policy::default())?;
+                let mut policy = Policy::default();
+                if let Some(chunk) = lazy_chunk {
+                    // One remote chunk per fault: a vCPU waits for one download, not eight.
+                    policy.chunk_bytes = chunk;
+                }
+                let mut handler = Handler::new(handshake, mem, policy)?;
                 let _ = stop_tx.send(handler.stop_handle());
                 let prefetched = match WorkingSet::load(&ws_path) {
                     Ok(ws) => {
@@ -1028,7 +1085,7 @@ impl UffdServer {
             };
             run().map_err(|e| e.to_string())
         });
-        Ok(UffdServer { thread, stop })
+        Ok(UffdServer { thread, stop, lazy })
     }
 
     /// Waits for the handler (call once the VM is gone) and returns its report.
@@ -1047,11 +1104,25 @@ impl UffdServer {
                 stop.stop();
             }
         }
-        match self.thread.join() {
+        let mut report = match self.thread.join() {
             Ok(Ok(report)) => report,
             Ok(Err(e)) => json!({ "error": e }),
             Err(_) => json!({ "error": "the uffd handler panicked" }),
+        };
+        if let (Some(pages), Some(fields)) = (&self.lazy, report.as_object_mut()) {
+            let stats = pages.stats();
+            fields.insert(
+                "lazy_memory".into(),
+                json!({
+                    "file_bytes": pages.len(),
+                    "fetched_chunks": stats.fetched,
+                    "fetched_bytes": stats.fetched_bytes,
+                    "cached_chunks": stats.from_cache,
+                    "served_bytes": stats.logical_bytes,
+                }),
+            );
         }
+        report
     }
 }
 
@@ -1365,7 +1436,7 @@ mod tests {
         let ws = dir.path().join("ws").join("entry.workingset");
         let restore = |name: &str| {
             let socket = dir.path().join(name);
-            let server = UffdServer::start(&socket, mem.clone(), ws.clone()).unwrap();
+            let server = UffdServer::start(&socket, mem.clone(), None, ws.clone()).unwrap();
             let vm = SimulatedVm::new(&[4 << 20]).unwrap();
             let _stream = vm.connect(&socket).unwrap();
             assert_eq!(vm.read_byte((1 << 20) + 5), 7);

@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use bazel_diff_store::{EntryKey, EntryReader, Store};
+use bazel_diff_store::{EntryKey, EntryReader, Requirement, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,6 +47,18 @@ impl Parent {
                 .context("parsing the entry's parent (firecracker.json)"),
         }
     }
+}
+
+/// What an entry with driver state `state` under store key `key` requires: a Diff entry
+/// its parent entry, pinned to the memory file it applies to; a Full entry nothing.
+pub fn requirements(key: &str, state: &Value) -> Result<Vec<Requirement>> {
+    let Some(parent) = Parent::of_state(state)? else {
+        return Ok(Vec::new());
+    };
+    let parent_key = EntryKey::new(key, &parent.base_sha).context("the Diff entry's parent")?;
+    Ok(vec![
+        Requirement::new(&parent_key).with_file(MEM_FILE, parent.mem_sha256)
+    ])
 }
 
 /// The memory layers of one entry, the root Full memory first, and the readers keeping the

@@ -96,11 +96,12 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     failpoint::hit("after-begin");
     let warm_started = Instant::now();
     let driver_state = driver.record(&ctx, &key_hex, &base, staging.path())?;
+    let requirements = driver.requirements(&key_hex, &driver_state)?;
     let warmup_secs = warm_started.elapsed().as_secs_f64();
     std::fs::write(staging.path().join("fingerprint.json"), &fingerprint_json)
         .context("writing fingerprint.json into the staging entry")?;
     failpoint::hit("before-publish");
-    let metadata = MetadataInput::new(VERSION, driver.kind())
+    let mut metadata = MetadataInput::new(VERSION, driver.kind())
         .with_extra("bazel_diff_fingerprint", fingerprint.fingerprint.clone())
         .with_extra(
             "fingerprint_components",
@@ -116,6 +117,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
             "timings",
             json!({ "warmup_s": warmup_secs, "total_s": started.elapsed().as_secs_f64() }),
         );
+    metadata.requires = requirements;
     match staging.publish(metadata)? {
         Published::Created { path, .. } => {
             eprintln!("bazel-diff-snap: recorded {base} as {}", path.display());

@@ -2,9 +2,9 @@
 //!
 //! Record builds the entry in a local store inside `--cache` exactly as for a directory
 //! store, then pushes it (chunks, then the manifest). Consume and resolve list the object
-//! store's manifests, pick an entry by the usual rules, and materialize only that entry into
-//! the local store from the chunk cache (fetching what the cache lacks); from there the
-//! local flow is unchanged.
+//! store's manifests, pick an entry by the usual rules, and materialize that entry, with the
+//! entries it requires (a Diff snapshot's parents), into the local store from the chunk cache
+//! (fetching what the cache lacks); from there the local flow is unchanged.
 
 use std::path::{Path, PathBuf};
 
@@ -185,9 +185,30 @@ pub fn verify(remote: &Remote, fix: bool, json: bool) -> Result<bool> {
     use std::io::Write;
     let mut reports = Vec::new();
     let mut clean = true;
-    for listing in remote.list(None)? {
+    let listings = remote.list(None)?;
+    let by_key: std::collections::HashMap<&EntryKey, &bazel_diff_remote::EntryListing> =
+        listings.iter().map(|l| (&l.key, l)).collect();
+    for listing in &listings {
         let problems = match &listing.manifest {
-            Ok(manifest) => remote.check_chunks(manifest)?,
+            Ok(manifest) => {
+                let mut problems = remote.check_chunks(manifest)?;
+                // An entry is only as usable as the entries it requires.
+                for requirement in &manifest.metadata.requires {
+                    let found = requirement.key().ok().and_then(|k| by_key.get(&k).copied());
+                    let reason = match found.map(|l| &l.manifest) {
+                        Some(Err(reason)) => Some(format!("its manifest is unusable: {reason}")),
+                        Some(Ok(required)) => requirement.unmet(Some(&required.metadata)),
+                        None => requirement.unmet(None),
+                    };
+                    if let Some(reason) = reason {
+                        problems.push(format!(
+                            "requires the entry {}/{}: {reason}",
+                            requirement.fingerprint, requirement.base_sha
+                        ));
+                    }
+                }
+                problems
+            }
             Err(reason) => vec![format!("manifest: {reason}")],
         };
         let removed = if problems.is_empty() {
@@ -276,6 +297,9 @@ pub fn gc(remote: &Remote, args: &crate::GcArgs) -> Result<()> {
     };
     for key in &report.removed {
         writeln!(out, "{verb} {key}")?;
+    }
+    for key in &report.required {
+        writeln!(out, "kept {key}: a kept entry requires it")?;
     }
     writeln!(
         out,

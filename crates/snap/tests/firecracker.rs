@@ -392,6 +392,32 @@ fn record_and_consume_through_the_fake_firecracker_match_a_cold_run() {
         0,
         "jails left behind"
     );
+    // The Diff entry requires its parent in the store's metadata, so the most aggressive
+    // retention keeps the parent while it keeps the Diff entry, and consume still works.
+    let diff_meta = read_json(&diff_entry.join("metadata.json"));
+    assert_eq!(
+        diff_meta["requires"],
+        serde_json::json!([{
+            "fingerprint": entry.parent().unwrap().file_name().unwrap().to_str().unwrap(),
+            "base_sha": c0.as_str(),
+            "files": { "mem": mem_digest.as_str() },
+        }]),
+        "{diff_meta:#}"
+    );
+    let store_arg = lab.store.to_str().unwrap();
+    lab.snap(&["gc", "--store", store_arg, "--keep-per-fingerprint", "1"])
+        .success()
+        .stdout_has("required by 1 kept entries");
+    assert!(
+        entry.join("mem").exists(),
+        "gc removed the Diff entry's parent"
+    );
+    lab.snap(&["verify", "--store", store_arg]).success();
+    fc.consume(&c2, &c1, &out, &[]).success();
+    assert_eq!(
+        lines(&fs::read(&out).unwrap()),
+        lines(&lab.cold_impacted(&bazel, &c1, &c2, &[]))
+    );
     // A chain longer than --max-diff-chain is recorded Full, still from the restored VM.
     fc.run(
         "record",
@@ -603,4 +629,94 @@ fn canary_real_microvm() {
         lines(&fs::read(&out).unwrap()),
         lines(&lab.cold_impacted(&bazel, &c0, &c1, &[]))
     );
+}
+
+/// `--store s3://` with the uffd backend: a consume on a host with an empty cache fetches
+/// every file but the memory file, which the handler serves from the object store on first
+/// fault (the fake sends no userfaultfd, so nothing faults and none of it is fetched). With
+/// the file backend the whole entry is downloaded into the local store, as before.
+#[test]
+fn uffd_consume_from_s3_leaves_the_memory_file_remote() {
+    let Some(bazel) = require_bazel() else { return };
+    let Some(s3) = bazel_diff_testkit::require_moto() else {
+        return;
+    };
+    let lab = Lab::new(&bazel);
+    let fc = Fc::new(&lab);
+    let url = format!("{}/ci", s3.bucket("snaps"));
+    let (c0, c1) = (lab.sha("c0"), lab.sha("c1"));
+    let (host_a, host_b) = (lab.out("host-a"), lab.out("host-b"));
+    for cache in [&host_a, &host_b] {
+        lab.register_output_root(cache);
+    }
+    let s3_env = s3.env();
+    let proxy = fc.guest.socket.to_str().unwrap().to_owned();
+    let mut env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([("FAKE_FC_VSOCK_PROXY", proxy.as_str()), (SKIP_KVM, "1")]);
+    let on = |cache: &Path, sub: &str, extra: &[&str]| -> Run {
+        let mut args = fc.args(sub, extra);
+        let at = args.iter().position(|a| a == "--store").unwrap();
+        args[at + 1] = url.clone();
+        args.extend(["--cache".to_owned(), cache.display().to_string()]);
+        lab.snap_env(&args, &env)
+    };
+    let entries = |cache: &Path| -> usize {
+        fs::read_dir(cache.join("store"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|fp| !fp.file_name().to_string_lossy().starts_with('.'))
+            .map(|fp| fs::read_dir(fp.path()).unwrap().count())
+            .sum()
+    };
+    on(&host_a, "record", &["--base-sha", &c0])
+        .success()
+        .stderr_has("pushed");
+    let expected = lines(&lab.cold_impacted(&bazel, &c0, &c1, &[]));
+
+    let out = lab.out("impacted.txt");
+    let report = lab.out("report-lazy.json");
+    let consume = |backend: &str| {
+        let _ = fs::remove_file(&out);
+        on(
+            &host_b,
+            "consume",
+            &[
+                "--target-sha",
+                &c1,
+                "--base-sha",
+                &c0,
+                "--out",
+                out.to_str().unwrap(),
+                "--memory-backend",
+                backend,
+                "--json",
+                report.to_str().unwrap(),
+            ],
+        )
+        .success();
+        assert_eq!(lines(&fs::read(&out).unwrap()), expected);
+        read_json(&report)
+    };
+
+    let report = consume("uffd");
+    let notes = &report["driver_notes"];
+    assert_eq!(notes["memory"]["lazy"], true, "{report:#}");
+    let lazy = &notes["uffd"]["lazy_memory"];
+    let size = lazy["file_bytes"].as_u64().unwrap();
+    assert!(size > 0, "{lazy:#}");
+    assert!(lazy["served_bytes"].as_u64().unwrap() < size, "{lazy:#}");
+    eprintln!("lazy memory against the fake: {lazy}");
+    assert_eq!(
+        entries(&host_b),
+        0,
+        "nothing materialized in host B's store"
+    );
+
+    let report = consume("file");
+    assert!(
+        report["driver_notes"]["memory"]["lazy"].is_null(),
+        "{report:#}"
+    );
+    assert_eq!(entries(&host_b), 1, "the whole entry is in host B's store");
 }

@@ -229,6 +229,9 @@ pub enum Problem {
     Unexpected { path: String },
     /// A listed file could not be read.
     Unreadable { path: String, error: String },
+    /// An entry this one requires (`requires` in `metadata.json`) is missing, corrupt or
+    /// other than the one this entry was built on: this entry cannot be used.
+    Requirement { required: String, reason: String },
 }
 
 impl Problem {
@@ -241,6 +244,8 @@ impl Problem {
             | Problem::DigestMismatch { path, .. }
             | Problem::Unexpected { path }
             | Problem::Unreadable { path, .. } => path,
+            // Requirements are declared in the metadata.
+            Problem::Requirement { .. } => METADATA_FILE,
         }
     }
 }
@@ -268,6 +273,9 @@ impl fmt::Display for Problem {
             }
             Problem::Unexpected { path } => write!(f, "{path}: not listed in {METADATA_FILE}"),
             Problem::Unreadable { path, error } => write!(f, "{path}: cannot be read: {error}"),
+            Problem::Requirement { required, reason } => {
+                write!(f, "requires the entry {required}: {reason}")
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::contract::{
     ENTRY_LOCK_SUFFIX, LOCKS_DIR, RECORD_LOCK_SUFFIX, STAGING_DIR, STALE_AFTER, TRASH_DIR,
 };
+use crate::deps::Dependencies;
 use crate::entry::EntryInfo;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{disk_usage, mtime, parse_work_name, pid_alive, remove_tree};
@@ -21,13 +22,17 @@ use crate::store::{read_names, remove_empty_dir, Removed, Store};
 /// policy removes no entry and only cleans up after crashes.
 #[derive(Debug, Clone, Default)]
 pub struct GcPolicy {
-    /// Keep at most the newest N entries (by creation time) of each fingerprint.
+    /// Keep at most the newest N entries (by creation time) of each fingerprint, plus the
+    /// entries they require.
     pub keep_per_fingerprint: Option<usize>,
-    /// Remove entries older than this.
+    /// Remove entries older than this, unless a younger entry that stays requires them.
     pub max_age: Option<Duration>,
     /// After the rules above, remove the oldest entries until the entries' disk usage is
     /// at most this many bytes. Entries in use, and corrupt entries not removed by
-    /// `remove_corrupt`, still count towards the total.
+    /// `remove_corrupt`, still count towards the total. Chains go whole: the oldest entry
+    /// that nothing staying requires (a chain's head, usually its newest entry) goes first,
+    /// with every entry only it required, so a chain is as old as its head and costs the
+    /// bytes of all its entries.
     pub max_bytes: Option<u64>,
     /// Remove entries whose metadata is missing or unusable. Off by default: a corrupt
     /// entry is evidence worth looking at.
@@ -59,6 +64,9 @@ pub struct GcEntry {
     /// Why it was selected (empty for kept entries).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<GcReason>,
+    /// Entries staying in the store that require this one; it stays for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub required_by: Vec<EntryKey>,
 }
 
 /// A staging or trash directory that was (or would be) deleted.
@@ -109,10 +117,21 @@ enum Fate {
     Failed,
 }
 
+impl Fate {
+    /// Whether the entry is still in the store afterwards.
+    fn stays(self) -> bool {
+        !matches!(self, Fate::Removed(_) | Fate::Vanished)
+    }
+}
+
 impl Store {
     /// Applies `policy` at time `now` (ages are measured against it). Never deletes an
     /// entry in use: each removal only tries the entry lock. Fails only if the store
     /// cannot be listed; per-item failures are collected in [`GcReport::errors`].
+    ///
+    /// Entries that entries staying in the store require (`requires` in their metadata,
+    /// transitively) stay too, whatever the rules say, unless they are corrupt: a kept
+    /// Diff snapshot keeps its whole chain. See [`GcPolicy::max_bytes`] for the budget.
     pub fn gc(&self, policy: &GcPolicy, now: SystemTime) -> Result<GcReport> {
         let mut entries = self.entries()?;
         // Newest first within a fingerprint; `keep_per_fingerprint` counts in this order.
@@ -127,44 +146,101 @@ impl Store {
             dry_run: policy.dry_run,
             ..GcReport::default()
         };
+        let deps = Dependencies::new(entries.iter().map(|e| (&e.key, e.metadata())));
         let mut reasons = select(&entries, policy, now);
         let mut fates = vec![Fate::Kept; entries.len()];
 
-        for (i, entry) in entries.iter().enumerate() {
-            if !reasons[i].is_empty() {
-                fates[i] = self.collect(entry, policy.dry_run, &mut report);
+        // Dependents are settled before what they require: an entry goes only once none
+        // of its dependents stays (kept by the rules, in use, or failed to go).
+        let mut pending: Vec<usize> = (0..entries.len())
+            .filter(|&i| !reasons[i].is_empty())
+            .collect();
+        let mut undecided: Vec<bool> = reasons.iter().map(|r| !r.is_empty()).collect();
+        loop {
+            let mut progress = false;
+            for &i in &pending {
+                let stays = |d: usize| !undecided[d] && fates[d].stays();
+                // A corrupt entry serves no dependent: the rules remove it regardless.
+                if !entries[i].is_corrupt() && deps.is_required(i, stays) {
+                    reasons[i].clear();
+                } else if entries[i].is_corrupt() || !deps.is_required(i, |d| undecided[d]) {
+                    fates[i] = self.collect(&entries[i], policy.dry_run, &mut report);
+                } else {
+                    continue;
+                }
+                undecided[i] = false;
+                progress = true;
             }
+            pending.retain(|&i| undecided[i]);
+            if !progress {
+                break;
+            }
+        }
+        // Left over: entries requiring each other in a cycle (a forged store); kept.
+        for i in pending {
+            reasons[i].clear();
         }
 
         let remaining = |fates: &[Fate]| -> u64 {
             entries
                 .iter()
                 .zip(fates)
-                .filter(|(_, f)| !matches!(f, Fate::Removed(_) | Fate::Vanished))
+                .filter(|(_, f)| f.stays())
                 .map(|(e, _)| e.disk_bytes)
                 .sum()
         };
         if let Some(budget) = policy.max_bytes {
             let mut total = remaining(&fates);
-            let mut oldest_first: Vec<usize> = (0..entries.len())
-                .filter(|&i| fates[i] == Fate::Kept && !entries[i].is_corrupt())
+            let mut candidate: Vec<bool> = (0..entries.len())
+                .map(|i| fates[i] == Fate::Kept && !entries[i].is_corrupt())
                 .collect();
+            let mut oldest_first: Vec<usize> = (0..entries.len()).collect();
             oldest_first.sort_by_key(|&i| (entries[i].created_unix, &entries[i].key));
-            for i in oldest_first {
-                if total <= budget {
+            while total > budget {
+                // The oldest entry nothing staying requires: the head of a chain (or a lone
+                // entry). It goes with every entry only it required.
+                let Some(&head) = oldest_first
+                    .iter()
+                    .find(|&&i| candidate[i] && !deps.is_required(i, |d| fates[d].stays()))
+                else {
                     break;
-                }
-                reasons[i].push(GcReason::MaxBytes);
-                fates[i] = self.collect(&entries[i], policy.dry_run, &mut report);
-                if let Fate::Removed(_) | Fate::Vanished = fates[i] {
+                };
+                let mut unit = vec![head];
+                while let Some(i) = unit.pop() {
+                    // Reached twice through a diamond of requirements: settled already.
+                    if !candidate[i] {
+                        continue;
+                    }
+                    candidate[i] = false;
+                    reasons[i].push(GcReason::MaxBytes);
+                    fates[i] = self.collect(&entries[i], policy.dry_run, &mut report);
+                    if fates[i].stays() {
+                        continue;
+                    }
                     total = total.saturating_sub(entries[i].disk_bytes);
+                    unit.extend(
+                        deps.requires(i).iter().copied().filter(|&j| {
+                            candidate[j] && !deps.is_required(j, |d| fates[d].stays())
+                        }),
+                    );
                 }
             }
             report.over_budget = total > budget;
         }
         report.bytes_remaining = remaining(&fates);
 
-        for ((entry, fate), reasons) in entries.into_iter().zip(fates).zip(reasons) {
+        let required_by: Vec<Vec<EntryKey>> = (0..entries.len())
+            .map(|i| {
+                deps.dependents(i)
+                    .iter()
+                    .filter(|&&d| fates[d].stays())
+                    .map(|&d| entries[d].key.clone())
+                    .collect()
+            })
+            .collect();
+        for (((entry, fate), reasons), required_by) in
+            entries.into_iter().zip(fates).zip(reasons).zip(required_by)
+        {
             let item = GcEntry {
                 corrupt: entry.is_corrupt(),
                 key: entry.key,
@@ -172,6 +248,7 @@ impl Store {
                 created_unix: entry.created_unix,
                 disk_bytes: entry.disk_bytes,
                 reasons,
+                required_by,
             };
             match fate {
                 Fate::Removed(bytes) => {

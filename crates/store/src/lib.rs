@@ -23,6 +23,11 @@
 //! * **Integrity and management (F30).** `metadata.json` records every file's size and
 //!   SHA-256, the driver and the tool version; [`EntryReader::verify`], [`Store::gc`] and
 //!   [`Store::remove`] provide verify, retention and deletion.
+//! * **Dependencies.** An entry may require others (`requires` in its metadata, e.g. the
+//!   parent of a Firecracker Diff snapshot, pinned by file digests): [`Store::gc`] never
+//!   removes an entry that an entry it keeps requires, [`Store::verify_all`] reports an
+//!   entry whose requirement is missing or different, and an object store fetches required
+//!   entries along with their dependent. [`Store::remove`] does not check dependents.
 //!
 //! # Locking
 //!
@@ -40,6 +45,7 @@
 //! gets [`StoreError::NotFound`], never a half-deleted entry.
 
 mod contract;
+mod deps;
 mod entry;
 mod error;
 mod fsutil;
@@ -57,12 +63,13 @@ pub use contract::{
     DIR_MODE, ENTRY_LOCK_SUFFIX, FILE_MODE, FORMAT_VERSION, LOCKS_DIR, METADATA_FILE,
     RECORD_LOCK_SUFFIX, STAGING_DIR, STALE_AFTER, TRASH_DIR,
 };
+pub use deps::Dependencies;
 pub use entry::{EntryInfo, EntryReader, EntryState, Problem, VerifyReport, VerifyStatus};
 pub use error::{Result, StoreError};
 pub use gc::{GcEntry, GcFailure, GcPath, GcPolicy, GcReason, GcReport};
 pub use key::{validate_commit_sha, validate_fingerprint, EntryKey, InvalidKey, KeyPart};
 pub use lock::FileLock;
-pub use metadata::{FileRecord, Metadata, MetadataInput};
+pub use metadata::{FileRecord, Metadata, MetadataInput, Requirement};
 pub use staging::{Published, Staging};
 pub use store::{Removed, Store};
 pub use time::rfc3339_utc;

@@ -23,7 +23,7 @@ use crate::error::{io_err, Result, StoreError};
 use crate::fsutil::{fsync_dir, remove_tree, set_mode, unix_seconds};
 use crate::key::EntryKey;
 use crate::lock::{self, LockGuard, Mode};
-use crate::metadata::{FileRecord, Metadata, MetadataInput};
+use crate::metadata::{check_requires, FileRecord, Metadata, MetadataInput};
 use crate::store::Store;
 use crate::time::rfc3339_utc;
 use crate::tree::{self, digest_file, kind_of, rel_string, Kind, Node};
@@ -119,6 +119,7 @@ impl Staging {
     pub fn publish(mut self, input: MetadataInput) -> Result<Published> {
         input
             .check()
+            .and_then(|()| check_requires(&input.requires, &self.key))
             .map_err(|reason| StoreError::InvalidMetadata { reason })?;
         // Shared, not exclusive: it only keeps `remove`/`gc` away from the key while we
         // check and rename; readers of an existing entry are not disturbed.
@@ -154,6 +155,7 @@ impl Staging {
                 .zip(records)
                 .collect(),
             extra: input.extra,
+            requires: input.requires,
         };
         let metadata_node = self.write_metadata(&metadata)?;
 

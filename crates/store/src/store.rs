@@ -11,7 +11,7 @@ use crate::contract::{
     DIR_MODE, ENTRY_LOCK_SUFFIX, LOCKS_DIR, RECORD_LOCK_SUFFIX, STAGING_DIR, TRASH_DIR,
 };
 use crate::entry::{
-    load_metadata, EntryInfo, EntryReader, EntryState, Load, VerifyReport, VerifyStatus,
+    load_metadata, EntryInfo, EntryReader, EntryState, Load, Problem, VerifyReport, VerifyStatus,
 };
 use crate::error::{io_err, Result, StoreError};
 use crate::fsutil::{
@@ -19,6 +19,7 @@ use crate::fsutil::{
 };
 use crate::key::{validate_commit_sha, validate_fingerprint, EntryKey};
 use crate::lock::{self, Mode};
+use crate::metadata::Metadata;
 use crate::staging::Staging;
 
 /// A snapshot store rooted at a local directory. Cheap to clone; every method is safe to
@@ -272,14 +273,18 @@ impl Store {
         }
     }
 
-    /// Fully verifies every entry (reads every byte; see [`EntryReader::verify`]). Each
-    /// entry is held open (shared) while it is checked. Entries removed meanwhile are
-    /// left out.
+    /// Fully verifies every entry (reads every byte; see [`EntryReader::verify`]) and that
+    /// the entries each one requires are present and the ones it was built on
+    /// ([`Problem::Requirement`]). Each entry is held open (shared) while it is checked.
+    /// Entries removed meanwhile are left out.
     pub fn verify_all(&self) -> Result<Vec<VerifyReport>> {
         let mut out = Vec::new();
         for info in self.entries()? {
             let status = match self.open_entry(&info.key) {
-                Ok(reader) => match reader.verify() {
+                Ok(reader) => match reader.verify().and_then(|mut problems| {
+                    problems.extend(self.unmet_requirements(reader.metadata())?);
+                    Ok(problems)
+                }) {
                     Ok(problems) if problems.is_empty() => VerifyStatus::Ok,
                     Ok(problems) => VerifyStatus::Problems { problems },
                     Err(e) => VerifyStatus::Failed {
@@ -301,9 +306,35 @@ impl Store {
         Ok(out)
     }
 
+    /// The requirements of `metadata` the store does not satisfy (from the required
+    /// entries' metadata; their files are their own entries' business).
+    fn unmet_requirements(&self, metadata: &Metadata) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        for requirement in &metadata.requires {
+            let key = requirement.key()?;
+            let reason = match load_metadata(&self.entry_path(&key), &key)? {
+                Load::Ok(found) => requirement.unmet(Some(&found)),
+                Load::Vanished => requirement.unmet(None),
+                Load::Corrupt(reason) => Some(format!("it is corrupt: {reason}")),
+            };
+            if let Some(reason) = reason {
+                problems.push(Problem::Requirement {
+                    required: key.to_string(),
+                    reason,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
     /// Deletes the entry of `key` unless it is in use. Never waits: if a reader holds the
     /// entry, returns [`Removed::InUse`] and changes nothing. The entry is first renamed
     /// into `.trash/` (atomically invisible), then deleted.
+    ///
+    /// Entries that require this one are not consulted: `remove` is for entries that must
+    /// go (corrupt, or being replaced), and a dependent of a removed entry cannot be used
+    /// anyway (`verify` reports it, its consume exits 2). Retention belongs to
+    /// [`gc`](Self::gc), which never removes an entry a kept entry requires.
     pub fn remove(&self, key: &EntryKey) -> Result<Removed> {
         self.remove_entry(key, false)
     }

@@ -52,6 +52,17 @@ pub enum Error {
     /// The memory file cannot serve the regions.
     #[error("memory file {}: {reason}", path.display())]
     MemoryFile { path: PathBuf, reason: String },
+    /// The page source could not provide guest memory contents (for a lazily fetched
+    /// memory file: a chunk missing, corrupt or unreachable). The handler stops rather than
+    /// serve bytes the source could not vouch for.
+    #[error("cannot read {len:#x} bytes at offset {offset:#x} of {}: {source}", path.display())]
+    Source {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
     /// A userfaultfd ioctl failed in a way that cannot be retried.
     #[error("{op} of {len:#x} bytes at {addr:#x} failed: {source}")]
     Ioctl {

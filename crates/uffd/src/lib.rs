@@ -16,7 +16,9 @@
 //! # Serving
 //!
 //! * A fault at host address `A` in region `R` is served from file offset
-//!   `R.offset + (A - R.base_host_virt_addr)` of the read-only mapped memory file.
+//!   `R.offset + (A - R.base_host_virt_addr)` of the memory image, a [`PageSource`]: the
+//!   read-only mapped [`MemoryFile`] (or a Diff chain layered over its base), or a source
+//!   that fetches the image's chunks on first read (`bazel-diff-remote`'s `LazyPages`).
 //! * **Chunks**: the whole aligned [`Policy::chunk_bytes`] block around the fault is
 //!   populated (its pages not yet present, the faulting page's run first), so a sequential
 //!   working set costs one fault per chunk instead of one per 4 KiB page.
@@ -86,6 +88,7 @@ mod handshake;
 mod memfile;
 mod server;
 pub mod sim;
+mod source;
 pub mod sys;
 mod workingset;
 
@@ -96,5 +99,6 @@ pub use handshake::{
 };
 pub use memfile::{MemoryFile, MAX_LAYER_EXTENTS};
 pub use server::{ExitReason, Handler, Monitor, Outcome, Policy, Stats, StopHandle};
+pub use source::PageSource;
 pub use sys::Uffd;
 pub use workingset::{PageRun, WorkingSet};

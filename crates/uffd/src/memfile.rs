@@ -1,11 +1,13 @@
 //! The snapshot memory file, mapped read-only, with its holes found once at open.
 
 use std::fs::File;
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
+use crate::source::PageSource;
 
 /// A guest memory file (Firecracker's `mem_file_path` output) mapped read-only. Several
 /// handlers (several restores of one snapshot) can share one through an `Arc`.
@@ -181,12 +183,6 @@ impl MemoryFile {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset as usize), len as usize) }
     }
 
-    pub(crate) fn ptr_at(&self, offset: u64) -> *const u8 {
-        debug_assert!(offset < self.len);
-        // SAFETY: in bounds of the mapping (checked by the caller's region validation).
-        unsafe { self.ptr.as_ptr().add(offset as usize) }
-    }
-
     /// Whether `[offset, offset + len)` lies entirely in a hole.
     pub fn is_hole(&self, offset: u64, len: u64) -> bool {
         let end = offset + len;
@@ -201,6 +197,30 @@ impl MemoryFile {
     /// Whether `[offset, offset + len)` is a hole or reads as all zeros.
     pub fn is_zero(&self, offset: u64, len: u64) -> bool {
         self.is_hole(offset, len) || all_zero(self.bytes(offset, len))
+    }
+}
+
+impl PageSource for MemoryFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn bytes(&self, offset: u64, len: u64) -> io::Result<&[u8]> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range beyond the {}-byte file", self.len),
+            ));
+        }
+        Ok(MemoryFile::bytes(self, offset, len))
+    }
+
+    fn is_hole(&self, offset: u64, len: u64) -> bool {
+        MemoryFile::is_hole(self, offset, len)
     }
 }
 

@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 use crate::bitmap::AtomicBitmap;
 use crate::error::{Error, Result};
 use crate::handshake::{GuestRegionUffdMapping, Handshake, PeerCred};
-use crate::memfile::MemoryFile;
+use crate::memfile::all_zero;
+use crate::source::PageSource;
 use crate::sys::{FillError, Uffd, UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE};
 use crate::workingset::{PageRun, WorkingSet};
 
@@ -239,7 +240,7 @@ struct Batch {
 #[derive(Debug)]
 struct Shared {
     uffd: Uffd,
-    mem: Arc<MemoryFile>,
+    mem: Arc<dyn PageSource>,
     policy: Policy,
     /// Sorted by `base`.
     regions: Vec<Region>,
@@ -361,16 +362,16 @@ fn bump(a: &AtomicU64, n: u64) {
 }
 
 impl Handler {
-    /// Validates Firecracker's region mappings against the memory file and prepares to
+    /// Validates Firecracker's region mappings against the memory image and prepares to
     /// serve them. Nothing is served until [`Handler::run`].
-    pub fn new(handshake: Handshake, mem: Arc<MemoryFile>, policy: Policy) -> Result<Self> {
+    pub fn new(handshake: Handshake, mem: Arc<dyn PageSource>, policy: Policy) -> Result<Self> {
         let Handshake {
             uffd,
             mappings,
             peer,
             stream,
         } = handshake;
-        let page_size = validate_mappings(&mappings, &mem)?;
+        let page_size = validate_mappings(&mappings, &*mem)?;
         let mut regions: Vec<Region> = mappings
             .iter()
             .map(|m| Region {
@@ -596,14 +597,30 @@ impl Shared {
         r.base + ((page - r.first_page) << self.page_shift)
     }
 
-    fn class_of(&self, page: u64) -> Class {
-        if self.removed.get(page)
-            || (self.policy.zero_pages && self.mem.is_zero(page << self.page_shift, self.page_size))
-        {
-            Class::Zero
-        } else {
-            Class::Data
+    fn class_of(&self, page: u64) -> Result<Class, Fail> {
+        if self.removed.get(page) {
+            return Ok(Class::Zero);
         }
+        if !self.policy.zero_pages {
+            return Ok(Class::Data);
+        }
+        let (off, len) = (page << self.page_shift, self.page_size);
+        let zero = self.mem.is_hole(off, len)
+            || all_zero(
+                self.mem
+                    .bytes(off, len)
+                    .map_err(|e| self.source_failed(off, len, e))?,
+            );
+        Ok(if zero { Class::Zero } else { Class::Data })
+    }
+
+    fn source_failed(&self, offset: u64, len: u64, source: io::Error) -> Fail {
+        Fail::Fatal(Error::Source {
+            path: self.mem.path().to_path_buf(),
+            offset,
+            len,
+            source,
+        })
     }
 
     /// The serving loop: poll, drain every pending event (so a `remove` queued behind a
@@ -740,7 +757,7 @@ impl Shared {
             // forever. A one-page fill settles it: the kernel answers EEXIST (then we wake)
             // if the page is there, and maps it if not.
             bump(&self.progress.faults_already_present, 1);
-            self.populate(&r, page, 1, self.class_of(page), Cause::Demand)?;
+            self.populate(&r, page, 1, self.class_of(page)?, Cause::Demand)?;
             return Ok(Served::Done);
         }
         let rel = page - r.first_page;
@@ -778,9 +795,16 @@ impl Shared {
                 p += 1;
                 continue;
             }
-            let class = self.class_of(p);
+            let class = match self.class_of(p) {
+                Ok(class) => class,
+                Err(e) => {
+                    self.claimed.clear_range(p, 1);
+                    return Err(e);
+                }
+            };
             let mut q = p + 1;
-            while q < end && self.class_of(q) == class && self.claim(q, cause) {
+            // A page the source cannot read ends the run; claiming it next fails the fill.
+            while q < end && self.class_of(q).ok() == Some(class) && self.claim(q, cause) {
                 q += 1;
             }
             self.populate(r, p, q - p, class, cause)?;
@@ -807,12 +831,17 @@ impl Shared {
             let (op, pages, res) = match class {
                 Class::Data => {
                     let pages = n - done;
-                    let off = p << self.page_shift;
+                    let (off, len) = (p << self.page_shift, pages * ps);
+                    let src = match self.mem.bytes(off, len) {
+                        Ok(src) => src,
+                        Err(e) => {
+                            self.claimed.clear_range(p, n - done);
+                            return Err(self.source_failed(off, len, e));
+                        }
+                    };
                     bump(&progress.copy_ioctls, 1);
-                    // SAFETY: `off..off + pages * ps` lies in the memory file mapping
-                    // (regions were validated against its length).
-                    let res =
-                        unsafe { self.uffd.copy(dst, self.mem.ptr_at(off), pages * ps, true) };
+                    // SAFETY: `src` is `len` readable bytes, borrowed for the ioctl.
+                    let res = unsafe { self.uffd.copy(dst, src.as_ptr(), len, true) };
                     ("UFFDIO_COPY", pages, res)
                 }
                 Class::Zero if self.zeropage_ok => {
@@ -992,7 +1021,7 @@ impl Shared {
 
 /// Checks Firecracker's mappings against themselves and the memory file; returns the page
 /// size they share.
-fn validate_mappings(mappings: &[GuestRegionUffdMapping], mem: &MemoryFile) -> Result<u64> {
+fn validate_mappings(mappings: &[GuestRegionUffdMapping], mem: &dyn PageSource) -> Result<u64> {
     let invalid = |index: usize, reason: String| Error::InvalidMapping {
         index,
         mapping: format!("{:?}", mappings[index]),
