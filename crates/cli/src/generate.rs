@@ -504,10 +504,11 @@ pub fn run(args: &GenerateHashesArgs) -> Result<()> {
         None => hash_workspace_with_state(&settings, want_state)?,
     };
     crate::output::write_hashes(&settings, &hashed, args.output_path.as_deref())?;
-    if let (Some(path), Some(state)) = (&inc.write_graph_state, state) {
+    if let (Some(path), Some(state)) = (&inc.write_graph_state, &state) {
         state
             .write_to(path)
             .with_context(|| format!("writing the graph state {}", path.display()))?;
     }
+    bazel_diff_hash::keep_until_exit((hashed, state));
     Ok(())
 }

@@ -55,6 +55,24 @@ pub(crate) struct HashedSource {
     pub label: String,
     pub raw: Digest,
     pub subincludes: Vec<String>,
+    /// The final digest unless the source's package has a seed (spec 4.8): computed while
+    /// the query streams, as package seeds are rare (never with instantiation stacks).
+    pub unseeded: Digest,
+}
+
+impl HashedSource {
+    fn new(label: String, raw: Digest, subincludes: Vec<String>, config: &HashConfig) -> Self {
+        HashedSource {
+            unseeded: Sha256::new()
+                .chain_update(raw)
+                .chain_update(config.seed)
+                .finalize()
+                .into(),
+            label,
+            raw,
+            subincludes,
+        }
+    }
 }
 
 /// A target waiting to be sent to the pool: decoded already, or still a raw message.
@@ -171,15 +189,9 @@ impl GraphBuilder {
         let kept = base.kept_parts(&self.config, keep, rehash)?;
         tracing::debug!("kept targets rebuilt");
         rules.extend(kept.rules);
-        sources.extend(
-            kept.sources
-                .into_iter()
-                .map(|(label, raw, subincludes)| HashedSource {
-                    label,
-                    raw,
-                    subincludes,
-                }),
-        );
+        sources.extend(kept.sources.into_iter().map(|(label, raw, subincludes)| {
+            HashedSource::new(label, raw, subincludes, &self.config)
+        }));
         let mut generated = std::mem::take(&mut self.generated);
         generated.extend(kept.generated);
         compute(&self.config, rules, sources, generated, want_state)
@@ -211,9 +223,14 @@ impl GraphBuilder {
         self.batches_sent = 0;
         // Reassembled in stream order: the first error is the first bad target, and the
         // result does not depend on scheduling.
-        let (mut rules, mut sources, mut skipped) = (Vec::new(), Vec::new(), 0);
-        for batch in batches.into_iter().flatten() {
-            let batch = batch?;
+        let batches: Vec<Batch> = batches.into_iter().flatten().collect::<Result<_, _>>()?;
+        // Sized once: growing these by doubling copied and faulted in megabytes after EOF.
+        let total = |count: fn(&Batch) -> usize| batches.iter().map(count).sum::<usize>();
+        let mut rules = Vec::with_capacity(total(|b| b.rules.len()));
+        let mut sources = Vec::with_capacity(total(|b| b.sources.len()));
+        self.generated.reserve(total(|b| b.generated.len()));
+        let mut skipped = 0;
+        for batch in batches {
             rules.extend(batch.rules);
             sources.extend(batch.sources);
             self.generated.extend(batch.generated);
@@ -257,11 +274,12 @@ fn process_batch(items: Vec<Pending>, config: &HashConfig) -> Result<Batch, Hash
             discriminator::SOURCE_FILE => {
                 let source = target.source_file.unwrap_or_default();
                 let raw = hasher.raw_digest(&source.name, &source.subinclude)?;
-                batch.sources.push(HashedSource {
-                    label: source.name,
+                batch.sources.push(HashedSource::new(
+                    source.name,
                     raw,
-                    subincludes: source.subinclude,
-                });
+                    source.subinclude,
+                    config,
+                ));
             }
             discriminator::GENERATED_FILE => {
                 let generated = target.generated_file.unwrap_or_default();
@@ -286,6 +304,77 @@ enum Node {
     Source(u32),
 }
 
+/// What one rule input resolved to. `wanted`: the input asks for its soft digest to be
+/// computed (a rule naming its own label does; its own outputs count only if others ask).
+#[derive(Clone, Copy)]
+enum Input {
+    Source(u32),
+    /// Another rule, or a file another rule generates.
+    Dep {
+        rule: u32,
+        wanted: bool,
+    },
+    /// Anything else: its soft digest counts if there is one.
+    Soft {
+        wanted: bool,
+    },
+}
+
+/// Every rule's inputs resolved once: the soft digest pass and the direct digests both
+/// need them, and a label lookup per input is the bulk of both.
+struct ResolvedInputs {
+    inputs: Vec<Input>,
+    /// Where each rule's inputs start in `inputs`, and the end.
+    starts: Vec<usize>,
+}
+
+impl ResolvedInputs {
+    fn resolve(rules: &[PreparedRule], nodes: &FxHashMap<&str, Node>) -> Self {
+        let mut starts = Vec::with_capacity(rules.len() + 1);
+        let mut total = 0;
+        for rule in rules {
+            starts.push(total);
+            total += rule.inputs.len();
+        }
+        starts.push(total);
+        let mut inputs = vec![Input::Soft { wanted: false }; total];
+        let mut slots = Vec::with_capacity(rules.len());
+        let mut rest = inputs.as_mut_slice();
+        for rule in rules {
+            let (head, tail) = rest.split_at_mut(rule.inputs.len());
+            slots.push(head);
+            rest = tail;
+        }
+        slots
+            .into_par_iter()
+            .zip(rules)
+            .enumerate()
+            .for_each(|(index, (slots, rule))| {
+                for (slot, input) in slots.iter_mut().zip(&rule.inputs) {
+                    let label = label_of(input);
+                    *slot = match nodes.get(label) {
+                        Some(Node::Source(s)) => Input::Source(*s),
+                        Some(&Node::Rule(r)) => {
+                            let wanted = label == rule.label;
+                            if r as usize != index {
+                                Input::Dep { rule: r, wanted }
+                            } else {
+                                Input::Soft { wanted }
+                            }
+                        }
+                        None => Input::Soft { wanted: true },
+                    };
+                }
+            });
+        ResolvedInputs { inputs, starts }
+    }
+
+    /// The resolved inputs of rule `index`, in input order.
+    fn of(&self, index: usize) -> &[Input] {
+        &self.inputs[self.starts[index]..self.starts[index + 1]]
+    }
+}
+
 fn package_of(label: &str) -> &str {
     label.rsplit_once(':').map_or(label, |(pkg, _)| pkg)
 }
@@ -293,12 +382,18 @@ fn package_of(label: &str) -> &str {
 fn compute(
     config: &HashConfig,
     mut rules: Vec<PreparedRule>,
-    sources: Vec<HashedSource>,
-    generated: Vec<(String, String)>,
+    mut sources: Vec<HashedSource>,
+    mut generated: Vec<(String, String)>,
     want_state: bool,
 ) -> Result<(Vec<HashedTarget>, Option<GraphState>), HashError> {
-    // Deterministic rule order keeps cycle errors independent of scheduling.
-    rules.par_sort_unstable_by(|a, b| java_cmp(&a.label, &b.label));
+    // Deterministic rule order keeps cycle errors independent of scheduling. Bazel's output
+    // is usually sorted already, and checking is far cheaper than sorting.
+    if !rules
+        .par_windows(2)
+        .all(|pair| java_cmp(&pair[0].label, &pair[1].label).is_le())
+    {
+        rules.par_sort_unstable_by(|a, b| java_cmp(&a.label, &b.label));
+    }
     let visibility = add_visibility_edges(&mut rules, want_state);
     tracing::debug!("rules sorted");
 
@@ -329,12 +424,13 @@ fn compute(
     let hasher = SourceHasher::new(config);
     // Any instantiation stack switches the whole graph to per-rule `.bzl` seeds (spec 4.5).
     let per_rule_seeds = rules.iter().any(|r| r.bzl_paths.is_some());
-    let soft = soft_digests(&hasher, &rules, &sources, &nodes, per_rule_seeds)?;
+    let resolved = ResolvedInputs::resolve(&rules, &nodes);
+    let soft = soft_digests(&hasher, &rules, &resolved, &sources, per_rule_seeds)?;
     tracing::debug!("soft digests done");
-    let package_seeds = if per_rule_seeds {
-        HashMap::new()
+    let seeds = if per_rule_seeds {
+        Seeds::of_stacks(&rules, &soft)
     } else {
-        package_seeds(&sources, &soft)
+        Seeds::of_packages(package_seeds(&sources, &soft))
     };
 
     // Direct digests need no other rule's result, so they are computed in parallel.
@@ -345,13 +441,11 @@ fn compute(
             direct_digest(
                 config,
                 &rule.attribute_digest,
-                index as u32,
                 rule,
-                &nodes,
+                resolved.of(index),
                 &sources,
                 &soft,
-                per_rule_seeds,
-                &package_seeds,
+                &seeds,
             )
         })
         .collect();
@@ -369,7 +463,7 @@ fn compute(
             &nodes,
             &soft,
             per_rule_seeds,
-            &package_seeds,
+            &seeds,
             &direct,
             &overall,
         )
@@ -377,8 +471,9 @@ fn compute(
     tracing::debug!("graph state built");
 
     let track_deps = config.track_deps;
+    // Labels are moved out and the rest is kept until exit (see `keep_until_exit`).
     let rule_hashes: Vec<HashedTarget> = rules
-        .into_par_iter()
+        .par_iter_mut()
         .zip(direct.par_iter())
         .zip(overall.par_iter())
         .map(|((rule, (direct, deps)), overall)| HashedTarget {
@@ -387,59 +482,175 @@ fn compute(
                     .map(|&(_, input)| label_of(&rule.inputs[input as usize]).to_owned())
                     .collect()
             }),
-            label: rule.label,
+            label: std::mem::take(&mut rule.label),
             kind: TargetKind::Rule,
             overall: *overall,
             direct: *direct,
         })
         .collect();
     let generated_hashes = generated
-        .into_par_iter()
-        .zip(generating.into_par_iter())
-        .map(|((file, rule_label), rule)| HashedTarget {
-            label: file,
+        .par_iter_mut()
+        .zip(generating.par_iter())
+        .map(|((file, rule_label), &rule)| HashedTarget {
+            label: std::mem::take(file),
             kind: TargetKind::GeneratedFile,
             overall: overall[rule as usize],
             direct: direct[rule as usize].0,
-            deps: track_deps.then(|| vec![rule_label]),
-        });
-    let source_hashes = sources.into_par_iter().map(|source| {
-        let mut h = Sha256::new();
-        h.update(source.raw);
-        h.update(config.seed);
-        // Empty whenever rules carry instantiation stacks: skip finding the package.
-        let seed = (!package_seeds.is_empty())
-            .then(|| package_seeds.get(package_of(&source.label)))
-            .flatten();
-        if let Some(seed) = seed {
-            h.update(seed);
-        }
-        let digest: Digest = h.finalize().into();
-        HashedTarget {
-            label: source.label,
-            kind: TargetKind::SourceFile,
-            overall: digest,
-            direct: digest,
-            deps: None,
-        }
-    });
-    let mut out = rule_hashes;
-    out.par_extend(generated_hashes);
-    out.par_extend(source_hashes);
-    out.par_sort_unstable_by(|a, b| a.label.cmp(&b.label));
-    Ok((out, state))
+            deps: track_deps.then(|| vec![std::mem::take(rule_label)]),
+        })
+        .collect();
+    let package_seeds = &seeds.packages;
+    let source_hashes = sources
+        .par_iter_mut()
+        .map(|source| {
+            // Empty whenever rules carry instantiation stacks: skip finding the package.
+            let seed = (!package_seeds.is_empty())
+                .then(|| package_seeds.get(package_of(&source.label)))
+                .flatten();
+            let digest: Digest = match seed {
+                Some(seed) => Sha256::new()
+                    .chain_update(source.raw)
+                    .chain_update(config.seed)
+                    .chain_update(seed)
+                    .finalize()
+                    .into(),
+                None => source.unseeded,
+            };
+            HashedTarget {
+                label: std::mem::take(&mut source.label),
+                kind: TargetKind::SourceFile,
+                overall: digest,
+                direct: digest,
+                deps: None,
+            }
+        })
+        .collect();
+    keep_until_exit((rules, generated, sources, direct));
+    Ok((
+        merge_by_label([rule_hashes, generated_hashes, source_hashes]),
+        state,
+    ))
 }
 
-/// The seed mixed into a rule's direct digest (spec 4.8 step 3), if any.
-fn rule_seed(
-    rule: &PreparedRule,
-    soft: &FxHashMap<String, Digest>,
-    per_rule_seeds: bool,
-    package_seeds: &HashMap<String, Digest>,
-) -> Option<Digest> {
-    match &rule.bzl_paths {
-        Some(paths) if per_rule_seeds => Some(rule_bzl_seed(paths, soft)),
-        _ => package_seeds.get(package_of(&rule.label)).copied(),
+/// Leaves `value` allocated. Freeing a graph's hundreds of thousands of small allocations
+/// takes tens of milliseconds between the end of the query and the published output, in a
+/// process that ends right after it; the OS reclaims the memory at exit at no extra cost.
+pub fn keep_until_exit<T>(value: T) {
+    std::mem::forget(value);
+}
+
+/// Entries of the longest list per parallel merge task.
+const MERGE_STEP: usize = 2048;
+
+/// Sorts each list by label (bytes) unless it is already, then merges them: cheaper than
+/// sorting the union, as each list usually comes sorted (rules by UTF-16 order, which is
+/// byte order for nearly every label; sources and generated files in Bazel's order).
+fn merge_by_label(mut lists: [Vec<HashedTarget>; 3]) -> Vec<HashedTarget> {
+    lists.par_iter_mut().for_each(|list| {
+        if !list
+            .par_windows(2)
+            .all(|pair| pair[0].label <= pair[1].label)
+        {
+            list.par_sort_unstable_by(|a, b| a.label.cmp(&b.label));
+        }
+    });
+    // Segments split at labels of the longest list: each merges on its own.
+    let lens = lists.each_ref().map(Vec::len);
+    let total: usize = lens.iter().sum();
+    let longest = lists
+        .iter()
+        .max_by_key(|l| l.len())
+        .map_or(&[][..], Vec::as_slice);
+    let mut cuts: Vec<[usize; 3]> = longest
+        .par_iter()
+        .step_by(MERGE_STEP)
+        .skip(1)
+        .map(|pivot| {
+            lists
+                .each_ref()
+                .map(|l| l.partition_point(|t| t.label < pivot.label))
+        })
+        .collect();
+    cuts.insert(0, [0; 3]);
+    cuts.push(lens);
+
+    let lists = lists.map(std::mem::ManuallyDrop::new);
+    let mut out: Vec<HashedTarget> = Vec::with_capacity(total);
+    let mut spare = &mut out.spare_capacity_mut()[..total];
+    let mut tasks = Vec::with_capacity(cuts.len());
+    for pair in cuts.windows(2) {
+        let parts: [&[HashedTarget]; 3] =
+            std::array::from_fn(|l| &lists[l][pair[0][l]..pair[1][l]]);
+        let (head, tail) = spare.split_at_mut(parts.iter().map(|p| p.len()).sum());
+        tasks.push((head, parts));
+        spare = tail;
+    }
+    tasks.into_par_iter().for_each(|(slots, parts)| {
+        let mut next = [0usize; 3];
+        for slot in slots {
+            let mut best: Option<usize> = None;
+            for l in 0..3 {
+                let Some(candidate) = parts[l].get(next[l]) else {
+                    continue;
+                };
+                if best.is_none_or(|b| candidate.label < parts[b][next[b]].label) {
+                    best = Some(l);
+                }
+            }
+            let l = best.expect("a segment's slots match its parts");
+            // SAFETY: the segments partition every list and each entry of a part is read
+            // once, so every target is moved out exactly once; the lists are ManuallyDrop
+            // and only their buffers are freed below, so nothing is dropped twice.
+            slot.write(unsafe { std::ptr::read(&parts[l][next[l]]) });
+            next[l] += 1;
+        }
+    });
+    // SAFETY: the segments' slots cover the first `total` slots and each was written.
+    unsafe { out.set_len(total) };
+    for mut list in lists {
+        // SAFETY: every element was moved into `out`; only the buffer is left to free.
+        unsafe { list.set_len(0) };
+        drop(std::mem::ManuallyDrop::into_inner(list));
+    }
+    out
+}
+
+/// The seeds mixed into direct digests (spec 4.5): per instantiation stack or per package.
+struct Seeds {
+    /// `ruleBzlSeed` of every distinct stack (rules share a few), when rules carry stacks.
+    stacks: Option<FxHashMap<Vec<String>, Digest>>,
+    packages: HashMap<String, Digest>,
+}
+
+impl Seeds {
+    fn of_stacks(rules: &[PreparedRule], soft: &FxHashMap<String, Digest>) -> Self {
+        let distinct: FxHashSet<&[String]> = rules
+            .iter()
+            .filter_map(|r| r.bzl_paths.as_deref())
+            .collect();
+        let stacks = distinct
+            .into_iter()
+            .map(|paths| (paths.to_vec(), rule_bzl_seed(paths, soft)))
+            .collect();
+        Seeds {
+            stacks: Some(stacks),
+            packages: HashMap::new(),
+        }
+    }
+
+    fn of_packages(packages: HashMap<String, Digest>) -> Self {
+        Seeds {
+            stacks: None,
+            packages,
+        }
+    }
+
+    /// The seed mixed into a rule's direct digest (spec 4.8 step 3), if any.
+    fn of_rule(&self, rule: &PreparedRule) -> Option<Digest> {
+        match (&rule.bzl_paths, &self.stacks) {
+            (Some(paths), Some(stacks)) => stacks.get(paths.as_slice()).copied(),
+            _ => self.packages.get(package_of(&rule.label)).copied(),
+        }
     }
 }
 
@@ -455,7 +666,7 @@ fn build_state(
     nodes: &FxHashMap<&str, Node>,
     soft: &FxHashMap<String, Digest>,
     per_rule_seeds: bool,
-    package_seeds: &HashMap<String, Digest>,
+    seeds: &Seeds,
     direct: &[(Digest, Vec<(u32, u32)>)],
     overall: &[Digest],
 ) -> GraphState {
@@ -473,8 +684,7 @@ fn build_state(
         }
     };
     for ((index, rule), visibility) in rules.iter().enumerate().zip(visibility) {
-        let seed =
-            rule_seed(rule, soft, per_rule_seeds, package_seeds).map_or(NONE, |d| digests.id(&d));
+        let seed = seeds.of_rule(rule).map_or(NONE, |d| digests.id(&d));
         let bzl_span = push(
             &mut bzl,
             &mut rule.bzl_paths.iter().flatten().map(|p| strings.id(p)),
@@ -524,7 +734,8 @@ fn build_state(
             subincludes.extend(s.subincludes.iter().map(|l| strings.id(l)));
             SourceState {
                 label: strings.id(&s.label),
-                package_seed: package_seeds
+                package_seed: seeds
+                    .packages
                     .get(package_of(&s.label))
                     .map_or(NONE, |d| digests.id(d)),
                 sub_start,
@@ -640,11 +851,7 @@ fn add_visibility_edges(rules: &mut [PreparedRule], record: bool) -> Vec<RuleVis
         }
         if record {
             recorded.push(RuleVisibility {
-                // `//visibility:public` and `:private` can never be package groups.
-                named: visibility
-                    .into_iter()
-                    .filter(|v| !v.starts_with("//visibility:"))
-                    .collect(),
+                named: visibility,
                 added,
             });
         }
@@ -657,30 +864,29 @@ fn add_visibility_edges(rules: &mut [PreparedRule], record: bool) -> Vec<RuleVis
 fn soft_digests(
     hasher: &SourceHasher<'_>,
     rules: &[PreparedRule],
+    resolved: &ResolvedInputs,
     sources: &[HashedSource],
-    nodes: &FxHashMap<&str, Node>,
     per_rule_seeds: bool,
 ) -> Result<FxHashMap<String, Digest>, HashError> {
     type Wanted<'a> = (FxHashSet<&'a str>, FxHashSet<&'a str>);
-    // A lookup per rule input, on the critical path after the stream: in parallel.
     let (bzl_files, mut wanted) = rules
         .par_iter()
-        .fold(Wanted::default, |(mut bzl_files, mut wanted), rule| {
-            if per_rule_seeds {
-                bzl_files.extend(rule.bzl_paths.iter().flatten().map(String::as_str));
-            }
-            for input in &rule.inputs {
-                let label = label_of(input);
-                match nodes.get(label) {
-                    Some(Node::Rule(_)) if label != rule.label => {}
-                    Some(Node::Source(_)) => {}
-                    _ => {
-                        wanted.insert(label);
+        .enumerate()
+        .fold(
+            Wanted::default,
+            |(mut bzl_files, mut wanted), (index, rule)| {
+                if per_rule_seeds {
+                    bzl_files.extend(rule.bzl_paths.iter().flatten().map(String::as_str));
+                }
+                for (input, resolved) in rule.inputs.iter().zip(resolved.of(index)) {
+                    if let Input::Dep { wanted: true, .. } | Input::Soft { wanted: true } = resolved
+                    {
+                        wanted.insert(label_of(input));
                     }
                 }
-            }
-            (bzl_files, wanted)
-        })
+                (bzl_files, wanted)
+            },
+        )
         .reduce(Wanted::default, |(mut bzl_files, mut wanted), (b, w)| {
             bzl_files.extend(b);
             wanted.extend(w);
@@ -754,35 +960,32 @@ fn rule_bzl_seed(paths: &[String], soft: &FxHashMap<String, Digest>) -> Digest {
 
 /// The direct digest of a rule and the rules its inputs resolve to, as
 /// `(rule index, input position)` in input order.
-#[allow(clippy::too_many_arguments)]
 fn direct_digest(
     config: &HashConfig,
     attribute_digest: &[u8],
-    index: u32,
     rule: &PreparedRule,
-    nodes: &FxHashMap<&str, Node>,
+    resolved: &[Input],
     sources: &[HashedSource],
     soft: &FxHashMap<String, Digest>,
-    per_rule_seeds: bool,
-    package_seeds: &HashMap<String, Digest>,
+    seeds: &Seeds,
 ) -> (Digest, Vec<(u32, u32)>) {
     let mut h = Sha256::new();
     h.update(attribute_digest);
     h.update(config.seed);
-    if let Some(seed) = rule_seed(rule, soft, per_rule_seeds, package_seeds) {
+    if let Some(seed) = seeds.of_rule(rule) {
         h.update(seed);
     }
     if rule.always_affected {
         h.update(config.salt.as_bytes());
     }
     let mut deps = Vec::new();
-    for (position, input) in rule.inputs.iter().enumerate() {
+    for (position, (input, resolved)) in rule.inputs.iter().zip(resolved).enumerate() {
         h.update(input.as_bytes());
         let label = label_of(input);
-        match nodes.get(label) {
-            Some(Node::Source(s)) => h.update(sources[*s as usize].raw),
-            Some(Node::Rule(r)) if *r != index => deps.push((*r, position as u32)),
-            _ => {
+        match *resolved {
+            Input::Source(s) => h.update(sources[s as usize].raw),
+            Input::Dep { rule: r, .. } => deps.push((r, position as u32)),
+            Input::Soft { .. } => {
                 if let Some(digest) = soft.get(label) {
                     h.update(digest);
                 } else {
@@ -880,6 +1083,7 @@ mod tests {
             nodes.insert(r.label.as_str(), Node::Rule(i as u32));
         }
         let soft = FxHashMap::default();
+        let resolved = ResolvedInputs::resolve(&prepared, &nodes);
         let direct: Vec<_> = prepared
             .iter()
             .zip(rules)
@@ -888,13 +1092,11 @@ mod tests {
                 direct_digest(
                     config,
                     attr.as_bytes(),
-                    i as u32,
                     r,
-                    &nodes,
+                    resolved.of(i),
                     &[],
                     &soft,
-                    false,
-                    &HashMap::new(),
+                    &Seeds::of_packages(HashMap::new()),
                 )
             })
             .collect();
@@ -1153,6 +1355,28 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn merge_by_label_equals_a_full_sort() {
+        let target = |label: String| HashedTarget {
+            label,
+            kind: TargetKind::Rule,
+            overall: [0; 32],
+            direct: [0; 32],
+            deps: None,
+        };
+        // Three interleaved lists, one unsorted, long enough for several merge segments.
+        let lists: [Vec<HashedTarget>; 3] = std::array::from_fn(|l| {
+            (0..3 * MERGE_STEP + 7)
+                .map(|i| target(format!("//p{}:t{}", (i * 7919 + l) % 97, i * 3 + l)))
+                .collect()
+        });
+        let mut expected: Vec<String> = lists.iter().flatten().map(|t| t.label.clone()).collect();
+        expected.sort();
+        let got: Vec<String> = merge_by_label(lists).into_iter().map(|t| t.label).collect();
+        assert_eq!(got, expected);
+        assert!(merge_by_label([vec![], vec![], vec![]]).is_empty());
     }
 
     #[test]

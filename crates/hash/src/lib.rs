@@ -21,7 +21,7 @@ mod state;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-pub use graph::{GraphBuilder, HashedTarget, TargetKind};
+pub use graph::{keep_until_exit, GraphBuilder, HashedTarget, TargetKind};
 pub use source::{exec_byte, file_digest_key, SourceHasher};
 pub use splice::package_of_label;
 pub use state::{GraphState, Refusal, StateError, FORMAT_VERSION as GRAPH_STATE_VERSION};

@@ -20,7 +20,8 @@ pub(crate) struct PreparedRule {
     pub bzl_paths: Option<Vec<String>>,
     /// Carries one of `--alwaysAffectedTags`.
     pub always_affected: bool,
-    /// Labels named in `visibility`: edges to package groups are added once the graph is known.
+    /// Labels named in `visibility` besides `//visibility:*`: edges to package groups are
+    /// added once the graph is known.
     pub visibility: Vec<String>,
     /// A synthetic rule standing for a `package_group`.
     pub is_package_group: bool,
@@ -145,6 +146,10 @@ pub(crate) fn prepare_rule(
                     .any(|t| config.always_affected_tags.contains(t));
             } else {
                 visibility = head.string_list_value;
+                // `//visibility:public` and `:private` can never be package groups; most
+                // rules name nothing else, so they then keep no list to free later.
+                visibility.retain(|v| !v.starts_with("//visibility:"));
+                visibility.shrink_to_fit();
             }
         }
         named.push((name, raw));
