@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{git_in, lines, read_json, require_bazel, Lab, Run, Spawned};
 
@@ -167,6 +168,15 @@ impl<'a> Fc<'a> {
         )
     }
 
+    /// A consume that must succeed; returns the `driver_notes` of its `--json` report.
+    fn consume_notes(&self, target: &str, base: &str, out: &Path, extra: &[&str]) -> Value {
+        let report = out.with_extension("report.json");
+        let mut all = vec!["--json", report.to_str().unwrap()];
+        all.extend_from_slice(extra);
+        self.consume(target, base, out, &all).success();
+        read_json(&report)["driver_notes"].clone()
+    }
+
     /// Starts a consume in `store` without waiting.
     fn spawn_consume(&self, store: &Path, target: &str, base: &str, json: &Path) -> Spawned {
         let out = json.with_extension("txt");
@@ -278,36 +288,18 @@ fn record_and_consume_through_the_fake_firecracker_match_a_cold_run() {
 
     // The Uffd backend: the handler listens before the load. The fake sends the region JSON
     // without a userfaultfd, so the handler reports an error in the notes; the run still works.
-    let report_uffd = lab.out("report-uffd.json");
-    fc.consume(
-        &c1,
-        &c0,
-        &out,
-        &[
-            "--memory-backend",
-            "uffd",
-            "--json",
-            report_uffd.to_str().unwrap(),
-        ],
-    )
-    .success();
-    let notes = read_json(&report_uffd)["driver_notes"].clone();
+    let notes = fc.consume_notes(&c1, &c0, &out, &["--memory-backend", "uffd"]);
     assert_eq!(notes["memory_backend"], "uffd", "{notes:#}");
     assert!(notes["uffd"].is_object(), "{notes:#}");
     eprintln!("uffd against the fake: {}", notes["uffd"]);
 
     // Base newer than the entry: both hashed in the guest.
-    let report2 = lab.out("report2.json");
-    fc.consume(&c2, &c1, &out, &["--json", report2.to_str().unwrap()])
-        .success();
+    let notes = fc.consume_notes(&c2, &c1, &out, &[]);
     assert_eq!(
         lines(&fs::read(&out).unwrap()),
         lines(&lab.cold_impacted(&bazel, &c1, &c2, &[]))
     );
-    assert_eq!(
-        read_json(&report2)["driver_notes"]["base_hashes_from"],
-        "guest"
-    );
+    assert_eq!(notes["base_hashes_from"], "guest", "{notes:#}");
 
     // Diff snapshots: c1 recorded on top of c0's entry stores only the dirtied pages. Through
     // the jailer (the fake plays it): entry files go into a chroot per VM and back.
@@ -349,38 +341,18 @@ fn record_and_consume_through_the_fake_firecracker_match_a_cold_run() {
     );
     // Consume from the Diff entry: the file backend merges the chain (the fake refuses a
     // memory file with holes), the uffd backend layers it without a copy.
-    let report4 = lab.out("report4.json");
-    fc.consume(&c2, &c1, &out, &["--json", report4.to_str().unwrap()])
-        .success();
+    let notes = fc.consume_notes(&c2, &c1, &out, &[]);
     assert_eq!(
         lines(&fs::read(&out).unwrap()),
         lines(&lab.cold_impacted(&bazel, &c1, &c2, &[]))
     );
-    let notes = read_json(&report4)["driver_notes"].clone();
     assert_eq!(notes["base_hashes_from"], "entry", "{notes:#}");
     assert_eq!(notes["memory"]["layers"], 2, "{notes:#}");
     assert_eq!(notes["api_calls"], 3, "{notes:#}");
-    let report5 = lab.out("report5.json");
-    fc.consume(
-        &c2,
-        &c1,
-        &out,
-        &[
-            "--memory-backend",
-            "uffd",
-            "--json",
-            report5.to_str().unwrap(),
-        ],
-    )
-    .success();
-    let notes = read_json(&report5)["driver_notes"].clone();
+    let notes = fc.consume_notes(&c2, &c1, &out, &["--memory-backend", "uffd"]);
     assert_eq!(notes["memory"]["merged"], false, "{notes:#}");
     // A jailed consume of the Diff entry: the merged memory is built in the jail.
-    let report6 = lab.out("report6.json");
-    let mut args = vec!["--json", report6.to_str().unwrap()];
-    args.extend(jailer);
-    fc.consume(&c2, &c1, &out, &args).success();
-    let notes = read_json(&report6)["driver_notes"].clone();
+    let notes = fc.consume_notes(&c2, &c1, &out, &jailer);
     assert_eq!(notes["jailed"], true, "{notes:#}");
     assert_eq!(
         lines(&fs::read(&out).unwrap()),
