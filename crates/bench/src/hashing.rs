@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::measure::{bazel_shutdown, median, run, secs, Sample};
+use crate::measure::{self, bazel_shutdown, median, run, secs, Sample};
 use crate::{generate_repo, git, BenchError, GenConfig, Mutation, Result};
 
 /// What to measure.
@@ -80,15 +80,8 @@ impl HashingBench {
             run(cmd, None)
         };
         let generate = |output: &Path| {
-            let mut cmd = Command::new(&self.bazel_diff);
-            cmd.arg("generate-hashes")
-                .arg("-w")
-                .arg(&ws)
-                .arg("-b")
-                .arg(&self.bazel)
-                .arg("-so")
-                .arg(&startup)
-                .arg(output);
+            let mut cmd = measure::generate_hashes(&self.bazel_diff, &self.bazel, &ws, &user_root);
+            cmd.arg(output);
             run(cmd, None)
         };
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::measure::{bazel_shutdown, get_impacted_targets, run, secs};
+use crate::measure::{self, bazel_shutdown, get_impacted_targets, run, secs};
 use crate::mutate::add_partial_bzl;
 use crate::repo::mutate_round;
 use crate::{generate, git, BenchError, GenConfig, Mutation, Result};
@@ -50,15 +50,8 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 
 impl IncrementalBench {
     fn bazel_diff(&self, ws: &Path, root: &Path, args: &[&Path]) -> Command {
-        let mut cmd = Command::new(&self.bazel_diff);
-        cmd.arg("generate-hashes")
-            .arg("-w")
-            .arg(ws)
-            .arg("-b")
-            .arg(&self.bazel)
-            .arg("--bazelStartupOption")
-            .arg(format!("--output_user_root={}", root.display()))
-            .args(args);
+        let mut cmd = measure::generate_hashes(&self.bazel_diff, &self.bazel, ws, root);
+        cmd.args(args);
         cmd
     }
 

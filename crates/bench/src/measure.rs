@@ -76,6 +76,20 @@ pub fn median(mut values: Vec<Duration>) -> Duration {
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
+/// `bazel-diff generate-hashes -w ws -b bazel` on the Bazel server of `user_root`; callers add
+/// their flags and the output path.
+pub fn generate_hashes(bazel_diff: &Path, bazel: &Path, ws: &Path, user_root: &Path) -> Command {
+    let mut cmd = Command::new(bazel_diff);
+    cmd.arg("generate-hashes")
+        .arg("-w")
+        .arg(ws)
+        .arg("-b")
+        .arg(bazel)
+        .arg("-so")
+        .arg(format!("--output_user_root={}", user_root.display()));
+    cmd
+}
+
 /// Times `bazel-diff get-impacted-targets -w ws -sh base -fh head -o out`.
 pub fn get_impacted_targets(
     bazel_diff: &Path,

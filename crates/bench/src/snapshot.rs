@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::measure::{bazel_shutdown, get_impacted_targets, run, secs};
+use crate::measure::{self, bazel_shutdown, get_impacted_targets, run, secs};
 use crate::{generate_repo, git, BenchError, GenConfig, Mutation, Result};
 
 pub struct SnapshotBench {
@@ -59,15 +59,8 @@ impl SnapshotBench {
     }
 
     fn generate(&self, ws: &Path, root: &Path, out: &Path) -> Result<Duration> {
-        let mut cmd = Command::new(&self.bazel_diff);
-        cmd.arg("generate-hashes")
-            .arg("-w")
-            .arg(ws)
-            .arg("-b")
-            .arg(&self.bazel)
-            .arg("-so")
-            .arg(format!("--output_user_root={}", root.display()))
-            .arg(out);
+        let mut cmd = measure::generate_hashes(&self.bazel_diff, &self.bazel, ws, root);
+        cmd.arg(out);
         run(cmd, None).map(|s| s.wall)
     }
 

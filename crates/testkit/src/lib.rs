@@ -51,3 +51,24 @@ pub fn require_bazel() -> Option<PathBuf> {
 
 mod s3;
 pub use s3::{require_moto, S3Server};
+
+/// Gives the owner full rights on `path` and, recursively, on everything below it: Bazel
+/// leaves read-only trees (output bases, install dirs) that a temp dir cannot be removed with.
+/// Symlinks are not followed; errors are ignored (best-effort cleanup).
+pub fn make_writable(path: &std::path::Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    let _ = std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+    );
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            make_writable(&entry.path());
+        }
+    }
+}

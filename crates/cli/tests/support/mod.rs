@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Instant;
 
+use bazel_diff_testkit::make_writable;
+
 /// The `bazel-diff` binary under test.
 pub fn bazel_diff() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bazel-diff"))
@@ -334,26 +336,6 @@ impl Drop for BazelServer {
             }
             // Bazel leaves read-only directories behind; make the temp dir removable.
             make_writable(&self.user_root);
-        }
-    }
-}
-
-fn make_writable(dir: &Path) {
-    let Ok(meta) = fs::symlink_metadata(dir) else {
-        return;
-    };
-    if meta.file_type().is_symlink() {
-        return;
-    }
-    let _ = fs::set_permissions(
-        dir,
-        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
-    );
-    if meta.is_dir() {
-        if let Ok(entries) = fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                make_writable(&entry.path());
-            }
         }
     }
 }

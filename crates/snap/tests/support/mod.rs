@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use bazel_diff_testkit::make_writable;
 use serde_json::Value;
 
 /// The orchestrator under test.
@@ -820,24 +821,6 @@ pub fn read_dir_paths(dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
-}
-
-pub fn make_writable(path: &Path) {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return;
-    };
-    if meta.file_type().is_symlink() {
-        return;
-    }
-    let _ = fs::set_permissions(
-        path,
-        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
-    );
-    if meta.is_dir() {
-        for child in read_dir_paths(path) {
-            make_writable(&child);
-        }
-    }
 }
 
 /// Writes an executable `#!/bin/sh` script through `install`, so no write descriptor of this
